@@ -1,0 +1,3 @@
+from onnxfold.cli import main
+
+raise SystemExit(main())

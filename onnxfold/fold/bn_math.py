@@ -1,0 +1,73 @@
+"""The numeric side of folding a per-channel affine map (BatchNormalization) into a layer.
+
+Pure numpy, no onnx: everything is computed in float64 and cast once to the target dtype, so a
+float16 model is not folded in float16 arithmetic (a peer does that and gets zero-variance
+channels ~9% wrong with epsilon 1e-7).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class FoldError(ValueError):
+    """The folded values cannot be represented: the fold must be refused."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def bn_scale_shift(
+    scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization as y = x * s + t per channel, in float64."""
+    scale, bias, mean, var = (np.asarray(a, dtype=np.float64) for a in (scale, bias, mean, var))
+    with np.errstate(all="ignore"):
+        denom = np.sqrt(var + np.float64(epsilon))
+        s = scale / denom
+        t = bias - mean * s
+    bad = ~(np.isfinite(s) & np.isfinite(t))
+    if bad.any():
+        c = int(np.flatnonzero(bad)[0])
+        raise FoldError(
+            "not-finite",
+            f"folded scale is not finite in {int(bad.sum())} channel(s), first channel {c}: "
+            f"var={var[c]!r}, epsilon={epsilon!r}, scale={scale[c]!r}"
+        )
+    return s, t
+
+
+def fold_conv(
+    weight: np.ndarray,
+    conv_bias: np.ndarray | None,
+    s: np.ndarray,
+    t: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Conv weight [M, C/group, k...] and bias [M] followed by y*s+t: the folded pair in float64.
+
+    W' = W * s along the output-channel axis 0; b' = b * s + t (b = 0 when absent).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    m = w.shape[0]
+    if s.shape != (m,):
+        raise ValueError(f"scale has shape {s.shape}, weight has {m} output channels")
+    b = np.zeros(m) if conv_bias is None else np.asarray(conv_bias, dtype=np.float64)
+    w_folded = w * s.reshape((m,) + (1,) * (w.ndim - 1))
+    b_folded = b * s + t
+    return w_folded, b_folded
+
+
+def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """Cast float64 values to dtype once; refuse if any value is not finite there (overflow)."""
+    out = values.astype(dtype)
+    back = out.astype(np.float64)
+    bad = ~np.isfinite(back)
+    if bad.any():
+        i = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise FoldError(
+            "overflow",
+            f"folded {what} overflows {np.dtype(dtype).name}: "
+            f"{int(bad.sum())} value(s), e.g. {values.reshape(-1)[i]!r}"
+        )
+    return out

@@ -1,0 +1,158 @@
+"""Apply the fold rules: every BatchNormalization ends up folded or refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxfold.fold.rules import Match, Refused, Rule, all_rules
+from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe, subgraphs, walk_graphs
+
+log = logging.getLogger(__name__)
+
+NORM_OPS = ("BatchNormalization",)
+META_VERSION = "onnxfold.version"
+META_FOLDED = "onnxfold.folded"
+
+
+@dataclass(frozen=True)
+class Fold:
+    rule: str
+    node: str  # the removed normalization node
+    into: str  # the node it was folded into
+
+
+@dataclass(frozen=True)
+class Refusal:
+    node: str
+    code: str
+    reason: str  # one line, names the node
+
+
+@dataclass
+class FuseResult:
+    model: onnx.ModelProto
+    folded: list[Fold] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.folded) + len(self.refused)
+
+
+def fuse(model: onnx.ModelProto, rules: list[Rule] | None = None) -> FuseResult:
+    """Fold every foldable BatchNormalization; the argument is not modified."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    result = FuseResult(out)
+    by_producer = {op: r for r in (rules or all_rules()) for op in r.producers}
+    g = GraphIndex(out)
+    for i, node in enumerate(g.nodes):
+        if _is_norm(node):
+            try:
+                fold = _fold_one(g, i, by_producer)
+                result.folded.append(fold)
+            except Refused as e:
+                result.refused.append(Refusal(_label(node), e.code, e.reason))
+            except Exception as e:  # one bad node never costs the user the other folds
+                log.exception("unexpected error folding %s", describe(node))
+                err = f"{type(e).__name__}: {e}"
+                reason = f"{describe(node)}: internal error, left unfolded ({err})"
+                result.refused.append(Refusal(_label(node), "internal-error", reason))
+    g.commit()
+    result.refused.extend(_nested_norms(out))
+    if result.folded:
+        _stamp(out, result.folded)
+    return result
+
+
+def _is_norm(node: onnx.NodeProto) -> bool:
+    return node.op_type in NORM_OPS and node.domain in DEFAULT_DOMAINS
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return node.name or f"<{node.op_type} -> {node.output[0] if node.output else '?'}>"
+
+
+def _fold_one(g: GraphIndex, i: int, by_producer: dict[str, Rule]) -> Fold:
+    bn = g.nodes[i]
+    x = bn.input[0] if bn.input else ""
+    p = g.producer.get(x)
+    if p is None:
+        where = "a graph input" if x in g.inputs else "not produced by a node"
+        raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
+    rule = by_producer.get(g.nodes[p].op_type)
+    if rule is None:
+        raise Refused(
+            "no-producer",
+            f"{describe(bn)}: its input comes from {describe(g.nodes[p])}, which has no fold rule",
+        )
+    m = Match(norm=i, producer=p)
+    rule.check(g, m)
+    into = rule.rewrite(g, m)
+    return Fold(rule.name, _label(bn), into)
+
+
+def _nested_norms(model: onnx.ModelProto) -> list[Refusal]:
+    """Normalizations inside subgraphs and functions: reported, not folded (yet)."""
+    found = []
+    for parent in model.graph.node:
+        for attr, sg in subgraphs(parent):
+            for g in walk_graphs(sg):
+                found += [
+                    Refusal(
+                        _label(n),
+                        "in-subgraph",
+                        f"{describe(n)} is inside attribute '{attr}' of {describe(parent)}; "
+                        "subgraphs are not folded yet",
+                    )
+                    for n in g.node
+                    if _is_norm(n)
+                ]
+    for f in model.functions:
+        found += [
+            Refusal(
+                _label(n),
+                "in-subgraph",
+                f"{describe(n)} is inside model-local function '{f.domain}.{f.name}'; "
+                "functions are not folded yet",
+            )
+            for n in f.node
+            if _is_norm(n)
+        ]
+    return found
+
+
+def _stamp(model: onnx.ModelProto, folded: list[Fold]) -> None:
+    """Record what was folded in metadata_props, merged with any earlier onnxfold record."""
+    from onnxfold import __version__
+
+    props = {p.key: p for p in model.metadata_props}
+    record: dict[str, list[str]] = {}
+    if META_FOLDED in props:
+        try:
+            record = json.loads(props[META_FOLDED].value)
+        except ValueError:
+            record = {}
+    for f in folded:
+        record.setdefault(f.rule, []).append(f.node)
+    values = {META_VERSION: __version__, META_FOLDED: json.dumps(record, sort_keys=True)}
+    for key, value in values.items():
+        if key in props:
+            props[key].value = value
+        else:
+            model.metadata_props.add(key=key, value=value)
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type over the whole model (subgraphs and functions included)."""
+    c: Counter[str] = Counter()
+    for g in walk_graphs(model.graph):
+        c.update(n.op_type for n in g.node)
+    for f in model.functions:
+        c.update(n.op_type for n in f.node)
+    return dict(sorted(c.items()))

@@ -1,0 +1,107 @@
+"""`onnxfold fuse` on files: load, fold, validate, prove, then write atomically or not at all."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from onnxfold.errors import OnnxfoldError
+from onnxfold.fold import report
+from onnxfold.fold.engine import fuse, op_counts
+from onnxfold.modelio import load_model, model_bytes, write_atomic
+from onnxfold.parity import check_parity
+
+
+@dataclass
+class FuseOutcome:
+    exit_code: int  # 0 written, 1 check or validation failed (nothing written)
+    report: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def text(self) -> str:
+        return report.render(self.report, self.timings)
+
+
+def default_output(source: Path) -> Path:
+    stem = source.name[:-5] if source.name.lower().endswith(".onnx") else source.name
+    return source.with_name(f"{stem}.folded.onnx")
+
+
+def check_output_path(source: Path, target: Path, force: bool) -> None:
+    """Refuse, before any work, an output we could not or must not write."""
+    if not target.parent.is_dir():
+        raise OnnxfoldError(target, "a path in an existing folder", f"no folder '{target.parent}'")
+    if target.is_dir():
+        raise OnnxfoldError(target, "an output file path", "a directory")
+    if source.exists() and target.exists() and source.resolve() == target.resolve():
+        raise OnnxfoldError(target, "an output path other than the input", "the input file itself")
+    if target.exists() and not force:
+        raise OnnxfoldError(target, "a path with no file yet (or --force)", "an existing file")
+
+
+def fuse_file(
+    source: Path,
+    target: Path | None = None,
+    *,
+    force: bool = False,
+    check: bool = True,
+    shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    report_path: Path | None = None,
+) -> FuseOutcome:
+    """The whole `onnxfold fuse` job; raises OnnxfoldError for bad input (exit 2)."""
+    t0 = time.perf_counter()
+    target = target or default_output(source)
+    check_output_path(source, target, force)
+    if report_path is not None and not report_path.parent.is_dir():
+        raise OnnxfoldError(report_path, "a path in an existing folder", "no such folder")
+    timings: dict[str, float] = {}
+
+    def lap(name: str, start: float) -> float:
+        now = time.perf_counter()
+        timings[name] = now - start
+        return now
+
+    original = load_model(source)
+    t = lap("load", t0)
+    result = fuse(original)
+    t = lap("fold", t)
+    error = _validate(result.model, original)
+    t = lap("checker", t)
+    parity = None
+    if check and not error:
+        parity = check_parity(original, result.model, shapes=shapes, seed=seed)
+        t = lap("check", t)
+        if parity.status == "fail":
+            error = "parity check failed: the folded model disagrees with the original"
+    ok = not error
+    rep = report.build(
+        result, op_counts(original), op_counts(result.model), parity, str(source),
+        str(target) if ok else None,
+    )
+    if ok:
+        write_atomic(target, model_bytes(result.model))
+        t = lap("save", t)
+    if report_path is not None:
+        write_atomic(report_path, report.to_json(rep).encode())
+    timings["total"] = time.perf_counter() - t0
+    return FuseOutcome(0 if ok else 1, rep, timings, error)
+
+
+def _validate(folded: onnx.ModelProto, original: onnx.ModelProto) -> str:
+    """The folded model must pass the full onnx checker, unless the original does not either."""
+    try:
+        onnx.checker.check_model(folded, full_check=True)
+        return ""
+    except Exception as e:  # ValidationError or InferenceError
+        folded_error = str(e).strip().splitlines()[0]
+    try:
+        onnx.checker.check_model(original, full_check=True)
+    except Exception:
+        return ""  # the input already fails the checker; the fold cannot be held to it
+    return f"the folded model fails onnx.checker (a bug in onnxfold): {folded_error}"

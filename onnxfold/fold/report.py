@@ -1,0 +1,103 @@
+"""The fuse report: one dict (written as JSON) and its text rendering."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict
+
+from onnxfold.fold.engine import FuseResult
+from onnxfold.parity import ParityReport
+
+
+def build(
+    result: FuseResult,
+    ops_before: dict[str, int],
+    ops_after: dict[str, int],
+    parity: ParityReport | None,
+    source: str,
+    target: str | None,
+) -> dict:
+    """Everything the report says, deterministic for the same input (no timings, no clocks)."""
+    from onnxfold import __version__
+
+    return {
+        "onnxfold": __version__,
+        "input": source,
+        "output": target,
+        "folded": len(result.folded),
+        "normalizations": result.total,
+        "ops_before": ops_before,
+        "ops_after": ops_after,
+        "folds": [asdict(f) for f in result.folded],
+        "refusals": [asdict(r) for r in result.refused],
+        "check": None if parity is None else _parity_dict(parity),
+    }
+
+
+def _parity_dict(p: ParityReport) -> dict:
+    d = asdict(p)
+    d["outputs"] = [{**asdict(o), "worst_index": list(o.worst_index), "shape": list(o.shape)}
+                    for o in p.outputs]
+    return d
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, sort_keys=True, allow_nan=True) + "\n"
+
+
+def render(report: dict, timings: dict[str, float]) -> str:
+    lines = [f"onnxfold fuse: {report['input']} -> {report['output'] or '(not written)'}"]
+    lines.append(f"folded {report['folded']} of {report['normalizations']} BatchNormalization")
+    before, after = report["ops_before"], report["ops_after"]
+    ops = sorted(set(before) | set(after))
+    w = max([len(o) for o in ops] + [9])
+    lines.append(f"  {'op':<{w}}  before  after")
+    for op in ops:
+        b, a = before.get(op, 0), after.get(op, 0)
+        mark = "" if a == b else f"  ({a - b:+d})"
+        lines.append(f"  {op:<{w}}  {b:>6}  {a:>5}{mark}")
+    by_code: dict[str, list[str]] = defaultdict(list)
+    for r in report["refusals"]:
+        by_code[r["code"]].append(r["reason"])
+    if by_code:
+        lines.append(f"refused {len(report['refusals'])}:")
+        for code in sorted(by_code):
+            lines.append(f"  {code} ({len(by_code[code])}):")
+            lines += [f"    {reason}" for reason in by_code[code]]
+    lines += _render_check(report["check"])
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
+    lines.append(f"time: {timings.get('total', 0.0):.2f} s ({parts})")
+    return "\n".join(lines)
+
+
+def _render_check(c: dict | None) -> list[str]:
+    if c is None:
+        return ["check: skipped (--no-check)"]
+    if c["status"] == "not-run":
+        return [f"check: NOT RUN: {c['reason']}"]
+    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in c["inputs"].items())
+    head = (
+        f"check: {'PASS' if c['status'] == 'pass' else 'FAIL'} (onnxruntime {c['onnxruntime']}, "
+        f"graph optimizations off on both sides; seed {c['seed']}; inputs {shapes or 'none'}; "
+        f"{c['precision']}: allowed max abs error {c['rel_tol']:g} x max|ref|)"
+    )
+    lines = [head] + [f"  note: {n}" for n in c["notes"]]
+    if c["reason"]:
+        lines.append(f"  {c['reason']}")
+    if c["outputs"]:
+        w = max(len(o["name"]) for o in c["outputs"] + [{"name": "output"}])
+        lines.append(
+            f"  {'output':<{w}}  {'max|ref|':>10}  {'max abs err':>11}  {'max rel err':>11}  "
+            f"{'allowed':>10}  result"
+        )
+        for o in c["outputs"]:
+            res = "PASS" if o["passed"] else "FAIL"
+            lines.append(
+                f"  {o['name']:<{w}}  {o['ref_max']:>10.4g}  {o['max_abs']:>11.3e}  "
+                f"{o['max_rel']:>11.3e}  {o['tolerance']:>10.3e}  {res}"
+                + ("" if o["passed"] else
+                   f"  worst at {o['worst_index']}: {o['worst_ref']!r} vs {o['worst_got']!r}")
+                + (f"  {o['note']}" if o["note"] else "")
+            )
+    return lines

@@ -1,0 +1,311 @@
+"""An editable index over one ONNX graph: producers, consumers and constants of every value.
+
+Plain protobuf underneath: untouched nodes, initializers and value_info keep their order, names
+and bytes. "Who else uses this value" is `uses(name)`, counting reads from inside subgraphs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, numpy_helper
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+class Use(NamedTuple):
+    node: int  # index into GraphIndex.nodes
+    slot: int  # input position; -1 for a read from inside one of the node's subgraphs
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[tuple[str, onnx.GraphProto]]:
+    """(attribute name, graph) for every subgraph attribute of a node."""
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            yield a.name, a.g
+        elif a.type == AttributeProto.GRAPHS:
+            for g in a.graphs:
+                yield a.name, g
+
+
+def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph nested in it, depth first."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield g
+        for n in g.node:
+            stack.extend(sg for _, sg in subgraphs(n))
+
+
+def _names_read_by_subgraphs(node: onnx.NodeProto) -> set[str]:
+    """Every name a node's subgraphs read; a superset of their outer-scope reads (conservative)."""
+    names: set[str] = set()
+    for _, sg in subgraphs(node):
+        for g in walk_graphs(sg):
+            names.update(i for n in g.node for i in n.input if i)
+            names.update(o.name for o in g.output)
+    return names
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor name anywhere in the model, subgraphs and functions included."""
+    names: set[str] = set()
+    graphs = list(walk_graphs(model.graph))
+    for f in model.functions:
+        names.update(f.input)
+        names.update(f.output)
+        for n in f.node:
+            names.update(n.input)
+            names.update(n.output)
+            for _, sg in subgraphs(n):
+                graphs.extend(walk_graphs(sg))
+    for g in graphs:
+        for vis in (g.input, g.output, g.value_info):
+            names.update(v.name for v in vis)
+        names.update(t.name for t in g.initializer)
+        names.update(t.values.name for t in g.sparse_initializer)
+        for n in g.node:
+            names.update(n.input)
+            names.update(n.output)
+    names.discard("")
+    return names
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in DEFAULT_DOMAINS:
+            return o.version
+    return 0
+
+
+def describe(node: onnx.NodeProto) -> str:
+    """How reports name a node: its name, or its op and first output when it has none."""
+    if node.name:
+        return f"{node.op_type} '{node.name}'"
+    out = node.output[0] if node.output else "?"
+    return f"{node.op_type} (unnamed, output '{out}')"
+
+
+class GraphIndex:
+    """Producers, uses and constants of one graph, with the edits the fold rules need."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.opset = default_opset(model)
+        self.nodes = list(self.graph.node)
+        self.producer: dict[str, int] = {}
+        self._uses: dict[str, list[Use]] = defaultdict(list)
+        for i, n in enumerate(self.nodes):
+            self._add_uses(i, n)
+            for name in n.output:
+                if name:
+                    self.producer[name] = i
+        self.outputs = {o.name for o in self.graph.output}
+        self.inputs = {i.name for i in self.graph.input}
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self._names: set[str] | None = None
+        self._removed_nodes: set[int] = set()
+        self._dropped: set[str] = set()  # names whose initializer / value_info go away
+        self._renamed: dict[str, str] = {}  # old tensor name -> new, for value_info
+
+    def _add_uses(self, i: int, n: onnx.NodeProto) -> None:
+        for slot, name in enumerate(n.input):
+            if name:
+                self._uses[name].append(Use(i, slot))
+        for name in sorted(_names_read_by_subgraphs(n)):
+            self._uses[name].append(Use(i, -1))
+
+    # --- queries -------------------------------------------------------------------------
+    def uses(self, name: str) -> list[Use]:
+        return self._uses.get(name, [])
+
+    def is_used_outside(self, name: str, node: int, slot: int) -> bool:
+        """Does anything but (node, slot) read the value, or is it a graph output?"""
+        return name in self.outputs or any(u != (node, slot) for u in self.uses(name))
+
+    def other_user(self, name: str, node: int, slot: int) -> str:
+        """Describe one reader of name other than (node, slot), for refusal messages."""
+        if name in self.outputs:
+            return "it is a graph output"
+        for u in self.uses(name):
+            if u != (node, slot):
+                where = " inside a subgraph" if u.slot == -1 else ""
+                return f"{describe(self.nodes[u.node])} also reads it{where}"
+        return "nothing else reads it"
+
+    def overridable(self, name: str) -> bool:
+        # Initializers listed as graph inputs can be overridden at run time from IR 4 on;
+        # before IR 4 every initializer had to be listed and ORT treats them as constants.
+        return name in self.initializers and name in self.inputs and self.model.ir_version >= 4
+
+    def why_not_constant(self, name: str) -> str | None:
+        """None if name is a constant we may read and fold; otherwise why not."""
+        if name in self.initializers:
+            if self.overridable(name):
+                return f"'{name}' is an overridable initializer (also a graph input)"
+            return None
+        if name in self.inputs:
+            return f"'{name}' is a graph input"
+        i = self.producer.get(name)
+        if i is None:
+            return f"'{name}' is not defined in this graph"
+        n = self.nodes[i]
+        if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS:
+            kinds = {a.name for a in n.attribute}
+            if kinds & {"value", "value_float", "value_floats"}:
+                return None
+            return f"'{name}' is a Constant with a {'/'.join(sorted(kinds))} value"
+        return f"'{name}' is computed by {describe(n)}"
+
+    def value(self, name: str) -> np.ndarray:
+        """The value of a constant (check why_not_constant first)."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        n = self.nodes[self.producer[name]]
+        for a in n.attribute:
+            if a.name == "value":
+                return numpy_helper.to_array(a.t)
+            if a.name == "value_float":
+                return np.array(a.f, dtype=np.float32)
+            if a.name == "value_floats":
+                return np.array(a.floats, dtype=np.float32)
+        raise KeyError(name)
+
+    @property
+    def names(self) -> set[str]:
+        if self._names is None:
+            self._names = all_names(self.model)
+        return self._names
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor name used nowhere in the model (subgraphs and functions included)."""
+        name, k = base, 0
+        while name in self.names:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    # --- edits ---------------------------------------------------------------------------
+    def set_value(self, name: str, array: np.ndarray) -> None:
+        """Replace a constant's value in place (only when nothing else reads it)."""
+        tensor = numpy_helper.from_array(array, name)
+        if name in self.initializers:
+            self.initializers[name].CopyFrom(tensor)
+            return
+        n = self.nodes[self.producer[name]]
+        del n.attribute[:]
+        n.attribute.append(onnx.helper.make_attribute("value", tensor))
+
+    def add_initializer(self, base: str, array: np.ndarray) -> str:
+        name = self.fresh_name(base)
+        tensor = numpy_helper.from_array(array, name)
+        self.graph.initializer.append(tensor)
+        self.initializers[name] = self.graph.initializer[-1]
+        if self.model.ir_version < 4:  # before IR 4 every initializer must be a graph input
+            self.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
+            )
+            self.inputs.add(name)
+        return name
+
+    def set_input(self, node: int, slot: int, name: str) -> None:
+        n = self.nodes[node]
+        old = n.input[slot] if slot < len(n.input) else ""
+        if old:
+            self._uses[old].remove(Use(node, slot))
+        while len(n.input) <= slot:
+            n.input.append("")
+        n.input[slot] = name
+        self._uses[name].append(Use(node, slot))
+
+    def rename_output(self, node: int, old: str, new: str) -> None:
+        """Node `node` now writes `new` instead of `old` (whose readers are gone)."""
+        n = self.nodes[node]
+        n.output[list(n.output).index(old)] = new
+        del self.producer[old]
+        self.producer[new] = node
+        self._renamed[old] = new
+        self._dropped.discard(new)
+
+    def remove_node(self, node: int) -> None:
+        n = self.nodes[node]
+        for slot, name in enumerate(n.input):
+            if name:
+                self._uses[name].remove(Use(node, slot))
+        for name in _names_read_by_subgraphs(n):
+            self._uses[name].remove(Use(node, -1))
+        for name in n.output:
+            if name and self.producer.get(name) == node:
+                del self.producer[name]
+                self._dropped.add(name)  # e.g. BatchNormalization's unused training outputs
+        self._removed_nodes.add(node)
+
+    def drop_if_unused(self, name: str) -> None:
+        """Remove a constant nothing reads any more (initializer or Constant node)."""
+        if not name or self.uses(name) or name in self.outputs:
+            return
+        if name in self.initializers:
+            if self.overridable(name):
+                return
+            del self.initializers[name]
+            self._dropped.add(name)
+        elif name in self.producer:
+            i = self.producer[name]
+            if self.nodes[i].op_type == "Constant":
+                self.remove_node(i)
+
+    def commit(self) -> None:
+        """Write the edits back into the GraphProto, keeping the order of everything kept."""
+        g = self.graph
+        if self._removed_nodes:
+            kept = [n for i, n in enumerate(self.nodes) if i not in self._removed_nodes]
+            del g.node[:]
+            g.node.extend(kept)
+            self.nodes = kept
+            self._removed_nodes = set()
+            self._reindex()
+        if self._dropped:
+            dropped = self._dropped
+            _filter(g.initializer, lambda t: t.name not in dropped)
+            if self.model.ir_version < 4:
+                _filter(g.input, lambda v: v.name not in dropped)
+                self.inputs -= dropped
+        renamed = self._renamed
+        if dropped_or_renamed := (self._dropped | set(renamed)):
+            have = {v.name for v in g.value_info} | self.outputs
+            kept_vi = []
+            for v in g.value_info:
+                if v.name in renamed and renamed[v.name] not in have:
+                    v.name = renamed[v.name]  # the same tensor, now under its new name
+                    have.add(v.name)
+                    kept_vi.append(v)
+                elif v.name not in dropped_or_renamed:
+                    kept_vi.append(v)
+            if len(kept_vi) != len(g.value_info) or renamed:
+                del g.value_info[:]
+                g.value_info.extend(kept_vi)
+        self._dropped = set()
+        self._renamed = {}
+
+    def _reindex(self) -> None:
+        self.producer = {}
+        self._uses = defaultdict(list)
+        for i, n in enumerate(self.nodes):
+            self._add_uses(i, n)
+            for name in n.output:
+                if name:
+                    self.producer[name] = i
+
+
+def _filter(repeated, keep) -> None:
+    kept = [x for x in repeated if keep(x)]
+    if len(kept) != len(repeated):
+        del repeated[:]
+        repeated.extend(kept)

@@ -1,0 +1,30 @@
+"""onnxruntime sessions on the CPU provider, with a chosen graph optimization level."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session(model: bytes, level: str = "disable") -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = LEVELS[level]
+    so.log_severity_level = 3  # errors only: ORT's warnings would clutter our report
+    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
