@@ -1,0 +1,128 @@
+"""Small models for tests, built with onnx.helper, and the three checks every fold test makes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+NP_TO_ONNX = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.float16): TensorProto.FLOAT16,
+    np.dtype(np.float64): TensorProto.DOUBLE,
+}
+
+
+def bn_stats(rng: np.random.Generator, c: int) -> dict[str, np.ndarray]:
+    """Trained-looking statistics, including a near-dead channel with variance 1e-6."""
+    var = np.exp(rng.standard_normal(c) * 0.5)
+    var[0] = 1e-6
+    return {
+        "scale": rng.uniform(0.7, 1.3, c),
+        "B": rng.standard_normal(c) * 0.1,
+        "mean": rng.standard_normal(c) * 0.3,
+        "var": var,
+    }
+
+
+def conv_bn_model(
+    *,
+    dims: int = 2,
+    cin: int = 4,
+    cout: int = 6,
+    group: int = 1,
+    k: int = 3,
+    size: int = 9,
+    bias: bool = True,
+    dtype=np.float32,
+    param_dtype=None,
+    opset: int = 13,
+    ir: int = 8,
+    epsilon: float = 1e-5,
+    seed: int = 0,
+    conv_attrs: dict | None = None,
+    bn_attrs: dict | None = None,
+    constant_nodes: bool = False,
+    tail: str | None = "Relu",
+) -> onnx.ModelProto:
+    """X -> Conv -> BatchNormalization [-> tail] -> Y, every parameter an initializer by default."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    param_dtype = np.dtype(param_dtype or dtype)
+    ks = [k] * dims
+    w = rng.standard_normal((cout, cin // group, *ks)) * np.sqrt(2.0 / (cin // group * k**dims))
+    consts = {"W": w.astype(dtype)}
+    if bias:
+        consts["b"] = (rng.standard_normal(cout) * 0.1).astype(dtype)
+    stats = bn_stats(rng, cout)
+    consts.update({f"bn_{n}": v.astype(param_dtype) for n, v in stats.items()})
+    nodes, inits = [], []
+    for name, value in consts.items():
+        if constant_nodes:
+            nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}",
+                                          value=numpy_helper.from_array(value, name)))
+        else:
+            inits.append(numpy_helper.from_array(value, name))
+    attrs = {"kernel_shape": ks, "group": group, **(conv_attrs or {})}
+    if "auto_pad" not in attrs and "pads" not in attrs:
+        attrs["pads"] = [k // 2] * (2 * dims)
+    nodes.append(helper.make_node("Conv", ["X", "W"] + (["b"] if bias else []), ["conv_out"],
+                                  name="conv", **attrs))
+    nodes.append(helper.make_node(
+        "BatchNormalization", ["conv_out", "bn_scale", "bn_B", "bn_mean", "bn_var"],
+        ["bn_out"], name="bn", epsilon=epsilon, **(bn_attrs or {}),
+    ))
+    out = "bn_out"
+    if tail:
+        nodes.append(helper.make_node(tail, ["bn_out"], ["Y"], name="tail"))
+        out = "Y"
+    et = NP_TO_ONNX[dtype]
+    graph = helper.make_graph(
+        nodes, "conv_bn",
+        [helper.make_tensor_value_info("X", et, [1, cin, *[size] * dims])],
+        [helper.make_tensor_value_info(out, et, [f"d{i}" for i in range(dims + 2)])], inits,
+    )
+    if ir < 4:  # before IR 4 every initializer is also listed as a graph input
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in graph.initializer)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir)
+
+
+def ops(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run with all graph optimizations off (ORT would otherwise fold Conv+BN itself)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+        feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def max_rel_error(original: onnx.ModelProto, folded: onnx.ModelProto, seed: int = 1) -> float:
+    """max |folded - original| / max |original| over all outputs, both run at ORT_DISABLE_ALL."""
+    feeds = random_feeds(original, seed)
+    worst = 0.0
+    for a, b in zip(run_ort(original, feeds), run_ort(folded, feeds), strict=True):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        worst = max(worst, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
+    return worst
