@@ -38,8 +38,7 @@ def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     while stack:
         g = stack.pop()
         yield g
-        for n in g.node:
-            stack.extend(sg for _, sg in subgraphs(n))
+        stack.extend(reversed([sg for n in g.node for _, sg in subgraphs(n)]))
 
 
 def _names_read_by_subgraphs(node: onnx.NodeProto) -> set[str]:

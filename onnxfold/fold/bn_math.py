@@ -33,7 +33,7 @@ def bn_scale_shift(
         raise FoldError(
             "not-finite",
             f"folded scale is not finite in {int(bad.sum())} channel(s), first channel {c}: "
-            f"var={var[c]!r}, epsilon={epsilon!r}, scale={scale[c]!r}"
+            f"var={float(var[c])!r}, epsilon={float(epsilon):.9g}, scale={float(scale[c])!r}"
         )
     return s, t
 
@@ -68,6 +68,6 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         raise FoldError(
             "overflow",
             f"folded {what} overflows {np.dtype(dtype).name}: "
-            f"{int(bad.sum())} value(s), e.g. {values.reshape(-1)[i]!r}"
+            f"{int(bad.sum())} value(s), e.g. {float(values.reshape(-1)[i]):.6g}"
         )
     return out

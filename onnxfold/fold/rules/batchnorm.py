@@ -33,12 +33,15 @@ def check_batchnorm(g: GraphIndex, m: Match, channels: int) -> None:
         )
     if a.get("training_mode", 0) != 0:
         raise Refused("training-mode", f"{who} has training_mode=1 (uses batch statistics)")
-    for out in bn.output[1:]:
-        if out and (g.uses(out) or out in g.outputs):
-            raise Refused(
-                "training-mode",
-                f"{who} has its training output '{out}' in use (running or saved statistics)",
-            )
+    extra = [o for o in bn.output[1:] if o]
+    if extra:
+        # Before opset 14 the spec defines the 5-output form as training mode (ORT then uses
+        # batch statistics, used or not); from 14 on they are only valid with training_mode=1.
+        raise Refused(
+            "training-mode",
+            f"{who} has training outputs {', '.join(repr(o) for o in extra)} "
+            "(running/saved statistics: training mode)",
+        )
     if len(bn.input) < 5 or not all(bn.input[1:5]):
         raise Refused("malformed", f"{who} has {len(bn.input)} inputs, expected 5")
     for key, name in zip(PARAMS, bn.input[1:5]):
