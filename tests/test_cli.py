@@ -197,7 +197,8 @@ def _output_is_input_spelled_differently(tmp: Path, model: Path) -> tuple[list[o
         (_output_is_input_forced, "found the input file itself"),
         (_output_is_input_spelled_differently, "found the input file itself"),
     ],
-    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+    ids=["missing", "not-onnx", "truncated", "empty", "no-folder", "output-is-input",
+         "output-is-input-forced", "output-is-input-other-spelling"],
 )
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, bundled, case, message):
     argv, named = case(tmp_path, bundled)

@@ -60,7 +60,8 @@ def fold_conv(
 
 def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """Cast float64 values to dtype once; refuse if any value is not finite there (overflow)."""
-    out = values.astype(dtype)
+    with np.errstate(over="ignore"):  # detected below, and reported as a refusal
+        out = values.astype(dtype)
     back = out.astype(np.float64)
     bad = ~np.isfinite(back)
     if bad.any():
