@@ -15,7 +15,7 @@ DTYPES = [np.float16, np.float32, np.float64, ml_dtypes.bfloat16]
 
 def conv1d(x: np.ndarray, w: np.ndarray, b: np.ndarray, group: int) -> np.ndarray:
     """Direct grouped 1-D convolution, no padding, in float64: y[o, t]."""
-    c_in, length = x.shape
+    length = x.shape[1]
     m, cpg, k = w.shape
     opg = m // group
     y = np.zeros((m, length - k + 1))
@@ -113,6 +113,6 @@ def test_float16_overflow_is_refused():
 
 def test_denormal_variance_folds():
     """Running variances of 5.6e-45 occur in real (Paddle) models: epsilon keeps s finite."""
-    s, t = bn_math.bn_scale_shift(np.ones(1), np.zeros(1), np.zeros(1),
+    s, _ = bn_math.bn_scale_shift(np.ones(1), np.zeros(1), np.zeros(1),
                                   np.array([5.6e-45], dtype=np.float32), 1e-5)
     assert s[0] == pytest.approx(1 / np.sqrt(1e-5), rel=1e-12)

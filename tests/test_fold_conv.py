@@ -77,7 +77,8 @@ def test_fold_bias_values():
     s = orig["bn_scale"] / np.sqrt(orig["bn_var"] + eps)
     np.testing.assert_array_equal(init[conv.input[2]],
                                   (orig["bn_B"] - orig["bn_mean"] * s).astype(np.float32))
-    np.testing.assert_array_equal(init["W"], (orig["W"] * s[:, None, None, None]).astype(np.float32))
+    w_expect = (orig["W"] * s[:, None, None, None]).astype(np.float32)
+    np.testing.assert_array_equal(init["W"], w_expect)
 
 
 @pytest.mark.parametrize("kw", [{}, {"bias": False}, {"group": 2}], ids=["bias", "no-bias", "g2"])
@@ -96,7 +97,7 @@ def test_fold_float16_input_float32_params():
 
 
 def test_fold_float16_tiny_epsilon_computed_in_float64():
-    """A zero-variance channel with epsilon 1e-7: s = 1/sqrt(1e-7) ~ 3162, exact to fp16 rounding."""
+    """Zero variance, epsilon 1e-7: s = 1/sqrt(1e-7) ~ 3162, exact up to one fp16 rounding."""
     m = conv_bn_model(dtype=np.float16, epsilon=1e-7, tail=None)
     var = next(t for t in m.graph.initializer if t.name == "bn_var")
     var.CopyFrom(numpy_helper.from_array(np.zeros(6, np.float16), "bn_var"))
@@ -126,11 +127,12 @@ def test_fold_dtypes_ort_cannot_run(dtype):
     assert rep.status == "pass", rep
     assert any("float32 copies" in n for n in rep.notes)
     # float64 folds are exact to ~1e-15; bfloat16 rounds to 8 bits (3.9e-3 each).
-    assert rep.outputs[0].max_abs <= (1e-6 if dtype == np.float64 else 2e-2) * rep.outputs[0].ref_max
+    tol = 1e-6 if dtype == np.float64 else 2e-2
+    assert rep.outputs[0].max_abs <= tol * rep.outputs[0].ref_max
 
 
 def test_fold_ir3_initializers_are_inputs():
-    """Before IR 4 every initializer is a graph input: new ones are listed, dropped ones unlisted."""
+    """Before IR 4 every initializer is a graph input: new ones listed, dropped ones unlisted."""
     m = conv_bn_model(ir=3, opset=8, bias=False)
     result = assert_folded(m)
     g = result.model.graph
@@ -144,8 +146,8 @@ def test_interface_names_opset_metadata_kept():
     m.doc_string = "doc"
     result = assert_folded(m)
     out = result.model
-    assert [(i.name, i.type) for i in out.graph.input] == [(i.name, i.type) for i in m.graph.input]
-    assert [(o.name, o.type) for o in out.graph.output] == [(o.name, o.type) for o in m.graph.output]
+    assert list(out.graph.input) == list(m.graph.input)
+    assert list(out.graph.output) == list(m.graph.output)
     assert out.opset_import == m.opset_import and out.ir_version == m.ir_version
     assert out.doc_string == "doc"
     props = {p.key: p.value for p in out.metadata_props}
@@ -216,7 +218,7 @@ def test_bn_param_shared_with_other_node_is_kept():
     m.graph.node.append(helper.make_node("Mul", ["Y", "bn_mean_4d"], ["Z"], name="mul"))
     m.graph.node.insert(0, helper.make_node("Reshape", ["bn_mean", "shape4"], ["bn_mean_4d"]))
     m.graph.initializer.append(numpy_helper.from_array(np.array([1, 6, 1, 1], np.int64), "shape4"))
-    m.graph.output.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, ["a", "b", "c", "d"]))
+    m.graph.output.append(helper.make_tensor_value_info("Z", TensorProto.FLOAT, list("abcd")))
     result = assert_folded(m)
     assert "bn_mean" in {t.name for t in result.model.graph.initializer}
     assert "bn_var" not in {t.name for t in result.model.graph.initializer}

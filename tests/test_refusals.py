@@ -237,7 +237,8 @@ def test_unexpected_error_costs_only_that_fold(monkeypatch):
     g.initializer.append(numpy_helper.from_array(rng.standard_normal((5, 4, 1, 1)).astype(
         np.float32), "W5"))
     for p in ("s5", "B5", "m5", "v5"):
-        g.initializer.append(numpy_helper.from_array(rng.uniform(0.5, 1.5, 5).astype(np.float32), p))
+        value = rng.uniform(0.5, 1.5, 5).astype(np.float32)
+        g.initializer.append(numpy_helper.from_array(value, p))
     g.node.append(helper.make_node("Conv", ["X", "W5"], ["c5"], name="conv5", kernel_shape=[1, 1]))
     g.node.append(helper.make_node("BatchNormalization", ["c5", "s5", "B5", "m5", "v5"], ["y5"],
                                    name="bn5"))
