@@ -13,6 +13,7 @@ from onnxfold.fold import report
 from onnxfold.fold.engine import fuse, op_counts
 from onnxfold.modelio import load_model, model_bytes, write_atomic
 from onnxfold.parity import check_parity
+from onnxfold.parity.inputs import real_inputs
 
 
 @dataclass
@@ -32,16 +33,26 @@ def default_output(source: Path) -> Path:
     return source.with_name(f"{stem}.folded.onnx")
 
 
-def check_output_path(source: Path, target: Path, force: bool) -> None:
-    """Refuse, before any work, an output we could not or must not write."""
+def check_output_path(source: Path, target: Path, force: bool, *taken: Path) -> None:
+    """Refuse, before any work, an output we could not or must not write.
+
+    `taken` are the other outputs of the same run: no two outputs may be the same file.
+    """
     if not target.parent.is_dir():
         raise OnnxfoldError(target, "a path in an existing folder", f"no folder '{target.parent}'")
     if target.is_dir():
         raise OnnxfoldError(target, "an output file path", "a directory")
-    if source.exists() and target.exists() and source.resolve() == target.resolve():
+    if source.exists() and _same(source, target):
         raise OnnxfoldError(target, "an output path other than the input", "the input file itself")
+    for other in taken:
+        if _same(other, target):
+            raise OnnxfoldError(target, "a path no other output of this run uses", f"'{other}'")
     if target.exists() and not force:
         raise OnnxfoldError(target, "a path with no file yet (or --force)", "an existing file")
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
 
 
 def fuse_file(
@@ -58,8 +69,8 @@ def fuse_file(
     t0 = time.perf_counter()
     target = target or default_output(source)
     check_output_path(source, target, force)
-    if report_path is not None and not report_path.parent.is_dir():
-        raise OnnxfoldError(report_path, "a path in an existing folder", "no such folder")
+    if report_path is not None:
+        check_output_path(source, report_path, force, target)
     timings: dict[str, float] = {}
 
     def lap(name: str, start: float) -> float:
@@ -69,6 +80,7 @@ def fuse_file(
 
     original = load_model(source)
     t = lap("load", t0)
+    _check_shape_names(original, shapes or {})
     result = fuse(original)
     t = lap("fold", t)
     error = _validate(result.model, original)
@@ -105,3 +117,12 @@ def _validate(folded: onnx.ModelProto, original: onnx.ModelProto) -> str:
     except Exception:
         return ""  # the input already fails the checker; the fold cannot be held to it
     return f"the folded model fails onnx.checker (a bug in onnxfold): {folded_error}"
+
+
+def _check_shape_names(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+    """--shape must name real inputs, whether or not the check runs."""
+    names = [i.name for i in real_inputs(model)]
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        expected = f"a graph input name ({', '.join(names)})"
+        raise OnnxfoldError("--shape", expected, ", ".join(unknown))
