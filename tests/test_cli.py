@@ -146,23 +146,20 @@ def _missing(tmp: Path, model: Path) -> tuple[list[object], Path]:
     return ["fuse", p], p
 
 
-def _not_onnx(tmp: Path, model: Path) -> tuple[list[object], Path]:
-    p = tmp / "hello.onnx"
-    p.write_bytes(b"hello, I am not a model")
-    return ["fuse", p], p
+def _bad_file(name: str, content):
+    """A case whose input file holds `content` (bytes, or a function of the bundled model's)."""
+
+    def case(tmp: Path, model: Path) -> tuple[list[object], Path]:
+        p = tmp / name
+        p.write_bytes(content(model.read_bytes()) if callable(content) else content)
+        return ["fuse", p], p
+
+    return case
 
 
-def _truncated(tmp: Path, model: Path) -> tuple[list[object], Path]:
-    data = model.read_bytes()
-    p = tmp / "half.onnx"
-    p.write_bytes(data[: len(data) // 2])
-    return ["fuse", p], p
-
-
-def _empty(tmp: Path, model: Path) -> tuple[list[object], Path]:
-    p = tmp / "empty.onnx"
-    p.write_bytes(b"")
-    return ["fuse", p], p
+_not_onnx = _bad_file("hello.onnx", b"hello, I am not a model")
+_truncated = _bad_file("half.onnx", lambda data: data[: len(data) // 2])
+_empty = _bad_file("empty.onnx", b"")
 
 
 def _no_folder(tmp: Path, model: Path) -> tuple[list[object], Path]:

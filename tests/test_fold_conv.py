@@ -293,3 +293,20 @@ def test_refit_metadata_merges_records():
     second = onnxfold.fuse(first.model)
     props = {p.key: p.value for p in second.model.metadata_props}
     assert json.loads(props["onnxfold.folded"]) == {"Conv+BatchNormalization": ["bn", "bn2"]}
+
+
+def test_two_batchnorms_in_a_row_both_fold():
+    """Conv -> BN -> BN: after the first fold the Conv produces the first BN's output, so the
+    second folds into the same Conv, reading the already-folded weights."""
+    m = conv_bn_model(tail=None)
+    g = m.graph
+    rng = np.random.default_rng(11)
+    for p, v in (("s2", rng.uniform(0.7, 1.3, 6)), ("B2", rng.standard_normal(6)),
+                 ("m2", rng.standard_normal(6)), ("v2", rng.uniform(1e-6, 2, 6))):
+        g.initializer.append(numpy_helper.from_array(v.astype(np.float32), p))
+    g.node.append(helper.make_node("BatchNormalization", ["bn_out", "s2", "B2", "m2", "v2"],
+                                   ["y2"], name="bn2"))
+    g.output[0].name = "y2"
+    result = assert_folded(m, n=2)
+    assert [n.name for n in result.model.graph.node] == ["conv"]
+    assert result.model.graph.node[0].output[0] == "y2"
