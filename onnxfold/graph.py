@@ -82,6 +82,10 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 0
 
 
+def attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def describe(node: onnx.NodeProto) -> str:
     """How reports name a node: its name, or its op and first output when it has none."""
     if node.name:

@@ -47,13 +47,16 @@ def conv_bn_model(
     bn_attrs: dict | None = None,
     constant_nodes: bool = False,
     tail: str | None = "Relu",
+    op: str = "Conv",
 ) -> onnx.ModelProto:
     """X -> Conv -> BatchNormalization [-> tail] -> Y, every parameter an initializer by default."""
     rng = np.random.default_rng(seed)
     dtype = np.dtype(dtype)
     param_dtype = np.dtype(param_dtype or dtype)
     ks = [k] * dims
-    w = rng.standard_normal((cout, cin // group, *ks)) * np.sqrt(2.0 / (cin // group * k**dims))
+    # Conv weights are [M, C/group, k...]; ConvTranspose weights are [C, M/group, k...].
+    w_shape = (cout, cin // group, *ks) if op == "Conv" else (cin, cout // group, *ks)
+    w = rng.standard_normal(w_shape) * np.sqrt(2.0 / (cin // group * k**dims))
     consts = {"W": w.astype(dtype)}
     if bias:
         consts["b"] = (rng.standard_normal(cout) * 0.1).astype(dtype)
@@ -69,7 +72,7 @@ def conv_bn_model(
     attrs = {"kernel_shape": ks, "group": group, **(conv_attrs or {})}
     if "auto_pad" not in attrs and "pads" not in attrs:
         attrs["pads"] = [k // 2] * (2 * dims)
-    nodes.append(helper.make_node("Conv", ["X", "W"] + (["b"] if bias else []), ["conv_out"],
+    nodes.append(helper.make_node(op, ["X", "W"] + (["b"] if bias else []), ["conv_out"],
                                   name="conv", **attrs))
     nodes.append(helper.make_node(
         "BatchNormalization", ["conv_out", "bn_scale", "bn_B", "bn_mean", "bn_var"],

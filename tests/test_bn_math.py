@@ -116,3 +116,20 @@ def test_denormal_variance_folds():
     s, _ = bn_math.bn_scale_shift(np.ones(1), np.zeros(1), np.zeros(1),
                                   np.array([5.6e-45], dtype=np.float32), 1e-5)
     assert s[0] == pytest.approx(1 / np.sqrt(1e-5), rel=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_conv_transpose_scales_the_right_slices(group, cpg, opg, seed):
+    """Output channel o = g*(M/group) + j scales weight slice [g*C/group:(g+1)*C/group, j]."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((group * cpg, opg, 2, 3))
+    m = group * opg
+    s, t, b = rng.standard_normal(m), rng.standard_normal(m), rng.standard_normal(m)
+    w2, b2 = bn_math.fold_conv_transpose(w, b, s, t, group)
+    expect = w.copy()
+    for o in range(m):
+        g, j = divmod(o, opg)
+        expect[g * cpg:(g + 1) * cpg, j] *= s[o]
+    np.testing.assert_array_equal(w2, expect)
+    np.testing.assert_allclose(b2, b * s + t, rtol=1e-15)

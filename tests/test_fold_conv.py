@@ -310,3 +310,30 @@ def test_two_batchnorms_in_a_row_both_fold():
     result = assert_folded(m, n=2)
     assert [n.name for n in result.model.graph.node] == ["conv"]
     assert result.model.graph.node[0].output[0] == "y2"
+
+
+CONVTRANSPOSE_CASES = {
+    "2d": {},
+    "no-bias": {"bias": False},
+    "1d": {"dims": 1},
+    "3d": {"dims": 3, "size": 4},
+    "group2": {"group": 2},
+    "group2-uneven": {"cin": 4, "cout": 6, "group": 2},
+    "depthwise": {"cin": 6, "cout": 6, "group": 6},
+    "output-padding": {"conv_attrs": {"strides": [2, 2], "output_padding": [1, 1],
+                                      "pads": [1, 1, 1, 1]}},
+    "grouped-output-padding-no-bias": {"group": 2, "bias": False, "conv_attrs": {
+        "strides": [2, 3], "output_padding": [1, 2], "pads": [0, 1, 0, 1], "dilations": [2, 1]}},
+    "auto-pad-same-upper": {"conv_attrs": {"auto_pad": "SAME_UPPER", "strides": [2, 2]}},
+    "constant-nodes": {"constant_nodes": True},
+}
+
+
+@pytest.mark.parametrize("kw", CONVTRANSPOSE_CASES.values(), ids=CONVTRANSPOSE_CASES.keys())
+def test_fold_convtranspose(kw):
+    result = assert_folded(conv_bn_model(op="ConvTranspose", **kw))
+    assert [f.rule for f in result.folded] == ["ConvTranspose+BatchNormalization"]
+
+
+def test_fold_convtranspose_float16():
+    assert_folded(conv_bn_model(op="ConvTranspose", group=2, dtype=np.float16), tol=FP16_TOL)

@@ -258,3 +258,17 @@ def test_unexpected_error_costs_only_that_fold(monkeypatch):
     assert ops(result.model)["BatchNormalization"] == 1
     onnx.checker.check_model(result.model, full_check=True)
     assert max_rel_error(m, result.model) <= 1e-5
+
+
+def test_convtranspose_shared_output():
+    m = conv_bn_model(op="ConvTranspose", group=2)
+    m.graph.output.append(helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, None))
+    refused(m, "shared-output", "ConvTranspose 'conv'", "it is a graph output")
+
+
+def test_convtranspose_channel_mismatch():
+    """A BN sized for the weight's axis 0 (C_in) instead of its output channels: refused."""
+    m = conv_bn_model(op="ConvTranspose", cin=4, cout=6, group=2, bias=False)
+    for p in ("bn_scale", "bn_B", "bn_mean", "bn_var"):
+        _set(m, p, np.ones(4, np.float32))
+    refused(m, "channel-mismatch", "shape [4]", "6 output channels")

@@ -52,10 +52,34 @@ def fold_conv(
     m = w.shape[0]
     if s.shape != (m,):
         raise ValueError(f"scale has shape {s.shape}, weight has {m} output channels")
-    b = np.zeros(m) if conv_bias is None else np.asarray(conv_bias, dtype=np.float64)
     w_folded = w * s.reshape((m,) + (1,) * (w.ndim - 1))
-    b_folded = b * s + t
-    return w_folded, b_folded
+    return w_folded, _fold_bias(conv_bias, s, t)
+
+
+def fold_conv_transpose(
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    s: np.ndarray,
+    t: np.ndarray,
+    group: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ConvTranspose weight [C_in, M/group, k...] followed by y*s+t, in float64.
+
+    Output channel o = g * (M/group) + j comes from weight slice [g*C_in/group:(g+1)*C_in/group, j].
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    c_in, per_group, *k = w.shape
+    m = per_group * group
+    if s.shape != (m,) or c_in % group:
+        raise ValueError(f"scale has shape {s.shape}, weight {list(w.shape)} with group {group}")
+    grouped = w.reshape(group, c_in // group, per_group, *k)
+    scaled = grouped * s.reshape(group, 1, per_group, *([1] * len(k)))
+    return scaled.reshape(w.shape), _fold_bias(bias, s, t)
+
+
+def _fold_bias(bias: np.ndarray | None, s: np.ndarray, t: np.ndarray) -> np.ndarray:
+    b = np.zeros(s.shape) if bias is None else np.asarray(bias, dtype=np.float64)
+    return b * s + t
 
 
 def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:

@@ -43,5 +43,6 @@ class Rule(Protocol):
 
 def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.conv_bn import ConvBatchNorm
+    from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
 
-    return [ConvBatchNorm()]
+    return [ConvBatchNorm(), ConvTransposeBatchNorm()]

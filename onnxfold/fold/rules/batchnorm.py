@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from onnxfold.fold.rules import Match, Refused
-from onnxfold.graph import GraphIndex, describe
+from onnxfold.graph import GraphIndex, attrs, describe
 
 PARAMS = ("scale", "B", "mean", "var")  # BatchNormalization inputs 1..4
-
-
-def attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def check_batchnorm(g: GraphIndex, m: Match, channels: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
+
 from onnxfold.fold import bn_math
 from onnxfold.fold.rules import Match, Refused
 from onnxfold.fold.rules.batchnorm import check_batchnorm, drop_batchnorm
@@ -11,8 +14,17 @@ FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 
 
 class ConvBatchNorm:
+    """Also the base of the other weight-and-bias producers: they override the two hooks below."""
+
     name = "Conv+BatchNormalization"
     producers = ("Conv",)
+
+    def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:
+        """Output channels given weight w, or None if w's shape does not fit the node."""
+        return w.shape[0]
+
+    def fold_weight(self, w, b, s, t, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
+        return bn_math.fold_conv(w, b, s, t)
 
     def check(self, g: GraphIndex, m: Match) -> None:
         conv, bn = g.nodes[m.producer], g.nodes[m.norm]
@@ -31,7 +43,8 @@ class ConvBatchNorm:
         if why:
             raise Refused("not-constant", f"{who}: the weight of {describe(conv)}: {why}")
         w = g.value(w_name)
-        if w.dtype.name not in FLOAT_DTYPES or w.ndim < 3:
+        channels = self.out_channels(w, conv) if w.ndim >= 3 else None
+        if w.dtype.name not in FLOAT_DTYPES or channels is None:
             raise Refused(
                 "unsupported-dtype",
                 f"{who}: the weight '{w_name}' of {describe(conv)} is {w.dtype.name} "
@@ -44,21 +57,21 @@ class ConvBatchNorm:
             if why:
                 raise Refused("not-constant", f"{who}: the bias of {describe(conv)}: {why}")
             b = g.value(b_name)
-            if b.shape != (w.shape[0],):
+            if b.shape != (channels,):
                 raise Refused(
                     "channel-mismatch",
                     f"{who}: the bias '{b_name}' of {describe(conv)} has shape {list(b.shape)}, "
-                    f"its weight {w.shape[0]} output channels",
+                    f"its weight {channels} output channels",
                 )
             m.values["b"] = b
-        check_batchnorm(g, m, channels=w.shape[0])
+        check_batchnorm(g, m, channels=channels)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
         v = m.values
         conv, bn = g.nodes[m.producer], g.nodes[m.norm]
         try:
             s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
-            w64, b64 = bn_math.fold_conv(v["W"], v.get("b"), s, t)
+            w64, b64 = self.fold_weight(v["W"], v.get("b"), s, t, conv)
             w = bn_math.cast_checked(w64, v["W"].dtype, "weight")
             b = bn_math.cast_checked(b64, v["W"].dtype, "bias")
         except bn_math.FoldError as e:
