@@ -129,3 +129,48 @@ def max_rel_error(original: onnx.ModelProto, folded: onnx.ModelProto, seed: int 
         a, b = a.astype(np.float64), b.astype(np.float64)
         worst = max(worst, float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)))
     return worst
+
+
+def gemm_bn_model(
+    *,
+    k: int = 5,
+    n: int = 6,
+    batch: int = 3,
+    trans_a: int = 0,
+    trans_b: int = 0,
+    alpha: float | None = None,
+    beta: float | None = None,
+    c_shape: tuple[int, ...] | None = (6,),
+    dtype=np.float32,
+    opset: int = 13,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """A (batch, k) -> Gemm -> BatchNormalization over the (batch, n) output -> Relu -> Y."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    inits = [numpy_helper.from_array(
+        rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype), "Bw")]
+    inputs = ["A", "Bw"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c_shape).astype(dtype), "C"))
+        inputs.append("C")
+    inits += [numpy_helper.from_array(v.astype(dtype), f"bn_{p}")
+              for p, v in bn_stats(rng, n).items()]
+    gemm_attrs = {"transA": trans_a, "transB": trans_b}
+    if alpha is not None:
+        gemm_attrs["alpha"] = alpha
+    if beta is not None:
+        gemm_attrs["beta"] = beta
+    nodes = [
+        helper.make_node("Gemm", inputs, ["gemm_out"], name="gemm", **gemm_attrs),
+        helper.make_node("BatchNormalization", ["gemm_out", "bn_scale", "bn_B", "bn_mean",
+                                                "bn_var"], ["bn_out"], name="bn"),
+        helper.make_node("Relu", ["bn_out"], ["Y"], name="tail"),
+    ]
+    et = NP_TO_ONNX[dtype]
+    graph = helper.make_graph(
+        nodes, "gemm_bn",
+        [helper.make_tensor_value_info("A", et, [k, batch] if trans_a else [batch, k])],
+        [helper.make_tensor_value_info("Y", et, [batch, n])], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)

@@ -77,6 +77,29 @@ def fold_conv_transpose(
     return scaled.reshape(w.shape), _fold_bias(bias, s, t)
 
 
+def fold_gemm(
+    weight: np.ndarray,
+    c: np.ndarray | None,
+    s: np.ndarray,
+    t: np.ndarray,
+    trans_b: bool,
+    beta: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gemm Y = alpha*A*B' + beta*C (B' = B or B^T) followed by y*s+t per column, in float64.
+
+    B' column n is scaled by s[n]; the new C (used with beta = 1) is beta*C*s + t, which keeps
+    any C shape that broadcasts to (M, N): (), [1], [N], [1, N], [M, 1] (becomes [M, N]), [M, N].
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    n = w.shape[0] if trans_b else w.shape[1]
+    if w.ndim != 2 or s.shape != (n,):
+        raise ValueError(f"scale has shape {s.shape}, Gemm weight {list(w.shape)}")
+    w_folded = w * (s[:, None] if trans_b else s[None, :])
+    if c is None:
+        return w_folded, t.copy()
+    return w_folded, beta * np.asarray(c, dtype=np.float64) * s + t
+
+
 def _fold_bias(bias: np.ndarray | None, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     b = np.zeros(s.shape) if bias is None else np.asarray(bias, dtype=np.float64)
     return b * s + t

@@ -13,7 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from onnxfold.graph import GraphIndex
+from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe
+
+FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
 
 
 class Refused(Exception):
@@ -41,8 +43,53 @@ class Rule(Protocol):
     def rewrite(self, g: GraphIndex, m: Match) -> str: ...  # returns the producer's label
 
 
+def exclusive_producer(g: GraphIndex, m: Match) -> None:
+    """The producer is a default-domain op whose output only the normalization reads."""
+    p, who = g.nodes[m.producer], describe(g.nodes[m.norm])
+    if p.domain not in DEFAULT_DOMAINS:
+        raise Refused("not-foldable", f"{who}: {describe(p)} is in domain '{p.domain}'")
+    out = p.output[0]
+    if g.is_used_outside(out, m.norm, 0):
+        raise Refused(
+            "shared-output",
+            f"{who}: the output '{out}' of {describe(p)} is needed unfolded: "
+            f"{g.other_user(out, m.norm, 0)}",
+        )
+
+
+def constant_input(g: GraphIndex, m: Match, slot: int, what: str) -> np.ndarray | None:
+    """The value of the producer's input `slot` (None if absent); refuse if it is not constant."""
+    p = g.nodes[m.producer]
+    name = p.input[slot] if len(p.input) > slot else ""
+    if not name:
+        return None
+    why = g.why_not_constant(name)
+    if why:
+        who = describe(g.nodes[m.norm])
+        raise Refused("not-constant", f"{who}: the {what} of {describe(p)}: {why}")
+    v = g.value(name)
+    if v.dtype.name not in FLOAT_DTYPES:
+        raise Refused(
+            "unsupported-dtype",
+            f"{describe(g.nodes[m.norm])}: the {what} '{name}' of {describe(p)} is {v.dtype.name}",
+        )
+    return v
+
+
+def store(g: GraphIndex, node: int, slot: int, array: np.ndarray, base: str) -> None:
+    """Give input `slot` of `node` a new value: in place if only it reads it, else as a new
+    initializer (named from `base`, never clashing), so no other reader sees the change."""
+    n = g.nodes[node]
+    name = n.input[slot] if len(n.input) > slot else ""
+    if not name or g.is_used_outside(name, node, slot):
+        g.set_input(node, slot, g.add_initializer(f"{name}_folded" if name else base, array))
+    else:
+        g.set_value(name, array)
+
+
 def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.conv_bn import ConvBatchNorm
     from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
+    from onnxfold.fold.rules.gemm_bn import GemmBatchNorm
 
-    return [ConvBatchNorm(), ConvTransposeBatchNorm()]
+    return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm()]

@@ -6,62 +6,51 @@ import numpy as np
 import onnx
 
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused
+from onnxfold.fold.rules import (
+    Match,
+    Refused,
+    constant_input,
+    exclusive_producer,
+    store,
+)
 from onnxfold.fold.rules.batchnorm import check_batchnorm, drop_batchnorm
-from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe
-
-FLOAT_DTYPES = ("float16", "float32", "float64", "bfloat16")
+from onnxfold.graph import GraphIndex, describe
 
 
 class ConvBatchNorm:
-    """Also the base of the other weight-and-bias producers: they override the two hooks below."""
+    """Also the base of ConvTranspose's rule, which overrides the two hooks below."""
 
     name = "Conv+BatchNormalization"
     producers = ("Conv",)
 
     def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:
         """Output channels given weight w, or None if w's shape does not fit the node."""
-        return w.shape[0]
+        return w.shape[0] if w.ndim >= 3 else None
 
     def fold_weight(self, w, b, s, t, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
         return bn_math.fold_conv(w, b, s, t)
 
     def check(self, g: GraphIndex, m: Match) -> None:
-        conv, bn = g.nodes[m.producer], g.nodes[m.norm]
-        who = describe(bn)
-        if conv.domain not in DEFAULT_DOMAINS:
-            raise Refused("not-foldable", f"{who}: {describe(conv)} is in domain '{conv.domain}'")
-        out = conv.output[0]
-        if g.is_used_outside(out, m.norm, 0):
+        exclusive_producer(g, m)
+        conv, who = g.nodes[m.producer], describe(g.nodes[m.norm])
+        w = constant_input(g, m, 1, "weight")
+        if w is None:
+            raise Refused("not-constant", f"{who}: {describe(conv)} has no weight input")
+        channels = self.out_channels(w, conv)
+        if channels is None:
             raise Refused(
-                "shared-output",
-                f"{who}: the output '{out}' of {describe(conv)} is needed unfolded: "
-                f"{g.other_user(out, m.norm, 0)}",
-            )
-        w_name = conv.input[1] if len(conv.input) > 1 else ""
-        why = g.why_not_constant(w_name) if w_name else "is missing"
-        if why:
-            raise Refused("not-constant", f"{who}: the weight of {describe(conv)}: {why}")
-        w = g.value(w_name)
-        channels = self.out_channels(w, conv) if w.ndim >= 3 else None
-        if w.dtype.name not in FLOAT_DTYPES or channels is None:
-            raise Refused(
-                "unsupported-dtype",
-                f"{who}: the weight '{w_name}' of {describe(conv)} is {w.dtype.name} "
-                f"with shape {list(w.shape)}",
+                "unsupported-shape",
+                f"{who}: the weight '{conv.input[1]}' of {describe(conv)} has shape "
+                f"{list(w.shape)}",
             )
         m.values["W"] = w
-        b_name = conv.input[2] if len(conv.input) > 2 else ""
-        if b_name:
-            why = g.why_not_constant(b_name)
-            if why:
-                raise Refused("not-constant", f"{who}: the bias of {describe(conv)}: {why}")
-            b = g.value(b_name)
+        b = constant_input(g, m, 2, "bias")
+        if b is not None:
             if b.shape != (channels,):
                 raise Refused(
                     "channel-mismatch",
-                    f"{who}: the bias '{b_name}' of {describe(conv)} has shape {list(b.shape)}, "
-                    f"its weight {channels} output channels",
+                    f"{who}: the bias '{conv.input[2]}' of {describe(conv)} has shape "
+                    f"{list(b.shape)}, its weight {channels} output channels",
                 )
             m.values["b"] = b
         check_batchnorm(g, m, channels=channels)
@@ -79,21 +68,9 @@ class ConvBatchNorm:
         label = describe(conv)
         conv_out, bn_out = conv.output[0], bn.output[0]
         # Edits start here; nothing below raises on a valid graph.
-        _store(g, m.producer, 1, w, f"{conv.input[1]}_folded")
-        if "b" in v:
-            _store(g, m.producer, 2, b, f"{conv.input[2]}_folded")
-        else:
-            g.set_input(m.producer, 2, g.add_initializer(f"{bn_out}_bias", b))
+        store(g, m.producer, 1, w, "")
+        store(g, m.producer, 2, b, f"{bn_out}_bias")
         # The Conv takes over the BN's output name, so everything downstream keeps working.
         g.rename_output(m.producer, conv_out, bn_out)
         drop_batchnorm(g, m)
         return label
-
-
-def _store(g: GraphIndex, node: int, slot: int, array, copy_base: str) -> None:
-    """Give input `slot` of `node` the new value: in place if only it reads it, else as a copy."""
-    name = g.nodes[node].input[slot]
-    if g.is_used_outside(name, node, slot):
-        g.set_input(node, slot, g.add_initializer(copy_base, array))
-    else:
-        g.set_value(name, array)

@@ -1,0 +1,59 @@
+"""Gemm → BatchNormalization on its (M, N) output: scale B's columns, fold the shift into C."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxfold.fold import bn_math
+from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer, store
+from onnxfold.fold.rules.batchnorm import check_batchnorm, drop_batchnorm
+from onnxfold.graph import GraphIndex, attrs, describe
+
+
+class GemmBatchNorm:
+    name = "Gemm+BatchNormalization"
+    producers = ("Gemm",)
+
+    def check(self, g: GraphIndex, m: Match) -> None:
+        exclusive_producer(g, m)
+        gemm, who = g.nodes[m.producer], describe(g.nodes[m.norm])
+        w = constant_input(g, m, 1, "B input")
+        if w is None or w.ndim != 2:
+            shape = "missing" if w is None else f"of shape {list(w.shape)}"
+            raise Refused("unsupported-shape", f"{who}: the B input of {describe(gemm)} is {shape}")
+        n = w.shape[0] if attrs(gemm).get("transB", 0) else w.shape[1]
+        m.values["W"] = w
+        c = constant_input(g, m, 2, "C input")
+        if c is not None:
+            if c.ndim > 2 or (c.ndim > 0 and c.shape[-1] not in (1, n)):
+                raise Refused(
+                    "channel-mismatch",
+                    f"{who}: the C input '{gemm.input[2]}' of {describe(gemm)} has shape "
+                    f"{list(c.shape)}, which does not broadcast to its {n} output columns",
+                )
+            m.values["C"] = c
+        check_batchnorm(g, m, channels=n)
+
+    def rewrite(self, g: GraphIndex, m: Match) -> str:
+        v = m.values
+        gemm, bn = g.nodes[m.producer], g.nodes[m.norm]
+        a = attrs(gemm)
+        dtype = v["W"].dtype
+        try:
+            s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
+            w64, c64 = bn_math.fold_gemm(v["W"], v.get("C"), s, t, bool(a.get("transB", 0)),
+                                         float(a.get("beta", 1.0)))
+            w = bn_math.cast_checked(w64, dtype, "B input")
+            c = bn_math.cast_checked(c64, dtype, "C input")
+        except bn_math.FoldError as e:
+            raise Refused(e.code, f"{describe(bn)}: {e}") from None
+        label = describe(gemm)
+        out, bn_out = gemm.output[0], bn.output[0]
+        store(g, m.producer, 1, w, "")
+        store(g, m.producer, 2, np.ascontiguousarray(c), f"{bn_out}_bias")
+        for attr in gemm.attribute:
+            if attr.name == "beta":
+                attr.f = 1.0  # beta is now inside C
+        g.rename_output(m.producer, out, bn_out)
+        drop_batchnorm(g, m)
+        return label
