@@ -91,7 +91,7 @@ def _fold_one(g: GraphIndex, i: int, by_producer: dict[str, Rule]) -> Fold:
             "no-producer",
             f"{describe(bn)}: its input comes from {describe(g.nodes[p])}, which has no fold rule",
         )
-    m = Match(norm=i, producer=p)
+    m = Match(norm=i, producer=p, who=describe(bn))
     rule.check(g, m)
     into = rule.rewrite(g, m)
     return Fold(rule.name, _label(bn), into)

@@ -32,6 +32,7 @@ class Match:
     norm: int  # the BatchNormalization (node index)
     producer: int  # the node whose output it normalizes
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constants read by check
+    who: str = ""  # how refusals name the normalization node
 
 
 class Rule(Protocol):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxfold.fold.rules import Match, Refused
+from onnxfold.fold import bn_math
+from onnxfold.fold.rules import Match, Refused, store
 from onnxfold.graph import GraphIndex, attrs, describe
 
 PARAMS = ("scale", "B", "mean", "var")  # BatchNormalization inputs 1..4
@@ -56,9 +57,27 @@ def check_batchnorm(g: GraphIndex, m: Match, channels: int) -> None:
     m.values["epsilon"] = np.float64(a.get("epsilon", 1e-5))
 
 
-def drop_batchnorm(g: GraphIndex, m: Match) -> None:
-    """Remove the BN and its parameters nothing else reads (once the producer took its output)."""
-    bn = g.nodes[m.norm]
+def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
+    """fold(s, t) -> (weight, bias) in float64 for the BN's y = x*s + t, each cast once to the
+    dtype of m.values["W"]; a Refused (not-finite, overflow) when they cannot be represented."""
+    v = m.values
+    try:
+        s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
+        w64, b64 = fold(s, t)
+        dtype = v["W"].dtype
+        return bn_math.cast_checked(w64, dtype, "weight"), bn_math.cast_checked(b64, dtype, "bias")
+    except bn_math.FoldError as e:
+        raise Refused(e.code, f"{m.who}: {e}") from None
+
+
+def absorb_batchnorm(g: GraphIndex, m: Match, w: np.ndarray, b: np.ndarray) -> None:
+    """The producer gets weight w (input 1) and bias b (input 2), takes over the BN's output
+    name (so everything downstream keeps working), and the BN and its unused parameters go."""
+    producer, bn = g.nodes[m.producer], g.nodes[m.norm]
+    out, bn_out = producer.output[0], bn.output[0]
+    store(g, m.producer, 1, w, "")
+    store(g, m.producer, 2, np.ascontiguousarray(b), f"{bn_out}_bias")
+    g.rename_output(m.producer, out, bn_out)
     params = list(bn.input[1:5])
     g.remove_node(m.norm)
     for name in params:

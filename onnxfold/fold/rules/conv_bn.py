@@ -11,9 +11,8 @@ from onnxfold.fold.rules import (
     Refused,
     constant_input,
     exclusive_producer,
-    store,
 )
-from onnxfold.fold.rules.batchnorm import check_batchnorm, drop_batchnorm
+from onnxfold.fold.rules.batchnorm import absorb_batchnorm, check_batchnorm, folded_values
 from onnxfold.graph import GraphIndex, describe
 
 
@@ -56,21 +55,8 @@ class ConvBatchNorm:
         check_batchnorm(g, m, channels=channels)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
-        v = m.values
-        conv, bn = g.nodes[m.producer], g.nodes[m.norm]
-        try:
-            s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
-            w64, b64 = self.fold_weight(v["W"], v.get("b"), s, t, conv)
-            w = bn_math.cast_checked(w64, v["W"].dtype, "weight")
-            b = bn_math.cast_checked(b64, v["W"].dtype, "bias")
-        except bn_math.FoldError as e:
-            raise Refused(e.code, f"{describe(bn)}: {e}") from None
+        conv, v = g.nodes[m.producer], m.values
+        w, b = folded_values(m, lambda s, t: self.fold_weight(v["W"], v.get("b"), s, t, conv))
         label = describe(conv)
-        conv_out, bn_out = conv.output[0], bn.output[0]
-        # Edits start here; nothing below raises on a valid graph.
-        store(g, m.producer, 1, w, "")
-        store(g, m.producer, 2, b, f"{bn_out}_bias")
-        # The Conv takes over the BN's output name, so everything downstream keeps working.
-        g.rename_output(m.producer, conv_out, bn_out)
-        drop_batchnorm(g, m)
+        absorb_batchnorm(g, m, w, b)
         return label

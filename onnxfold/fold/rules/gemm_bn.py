@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer, store
-from onnxfold.fold.rules.batchnorm import check_batchnorm, drop_batchnorm
+from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer
+from onnxfold.fold.rules.batchnorm import absorb_batchnorm, check_batchnorm, folded_values
 from onnxfold.graph import GraphIndex, attrs, describe
 
 
@@ -35,25 +33,15 @@ class GemmBatchNorm:
         check_batchnorm(g, m, channels=n)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
-        v = m.values
-        gemm, bn = g.nodes[m.producer], g.nodes[m.norm]
+        gemm, v = g.nodes[m.producer], m.values
         a = attrs(gemm)
-        dtype = v["W"].dtype
-        try:
-            s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
-            w64, c64 = bn_math.fold_gemm(v["W"], v.get("C"), s, t, bool(a.get("transB", 0)),
-                                         float(a.get("beta", 1.0)))
-            w = bn_math.cast_checked(w64, dtype, "B input")
-            c = bn_math.cast_checked(c64, dtype, "C input")
-        except bn_math.FoldError as e:
-            raise Refused(e.code, f"{describe(bn)}: {e}") from None
+        trans_b, beta = bool(a.get("transB", 0)), float(a.get("beta", 1.0))
+        w, c = folded_values(
+            m, lambda s, t: bn_math.fold_gemm(v["W"], v.get("C"), s, t, trans_b, beta)
+        )
         label = describe(gemm)
-        out, bn_out = gemm.output[0], bn.output[0]
-        store(g, m.producer, 1, w, "")
-        store(g, m.producer, 2, np.ascontiguousarray(c), f"{bn_out}_bias")
         for attr in gemm.attribute:
             if attr.name == "beta":
                 attr.f = 1.0  # beta is now inside C
-        g.rename_output(m.producer, out, bn_out)
-        drop_batchnorm(g, m)
+        absorb_batchnorm(g, m, w, c)
         return label
