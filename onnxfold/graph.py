@@ -6,6 +6,7 @@ and bytes. "Who else uses this value" is `uses(name)`, counting reads from insid
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -113,6 +114,7 @@ class GraphIndex:
         self.inputs = {i.name for i in self.graph.input}
         self.initializers = {t.name: t for t in self.graph.initializer}
         self._names: set[str] | None = None
+        self._ranks: dict[str, int] | None = None
         self._removed_nodes: set[int] = set()
         self._dropped: set[str] = set()  # names whose initializer / value_info go away
         self._renamed: dict[str, str] = {}  # old tensor name -> new, for value_info
@@ -179,6 +181,26 @@ class GraphIndex:
             if a.name == "value_floats":
                 return np.array(a.floats, dtype=np.float32)
         raise KeyError(name)
+
+    def infer_ranks(self) -> None:
+        """Learn tensor ranks from declared types and onnx shape inference; call before editing."""
+        ranks: dict[str, int] = {}
+        graphs = [self.graph]
+        with contextlib.suppress(Exception):  # best effort: an unknown rank is refused
+            graphs.append(onnx.shape_inference.infer_shapes(self.model).graph)
+        for g in graphs:
+            for vi in (*g.input, *g.output, *g.value_info):
+                tt = vi.type.tensor_type
+                if vi.type.WhichOneof("value") == "tensor_type" and tt.HasField("shape"):
+                    ranks.setdefault(vi.name, len(tt.shape.dim))
+        for name, t in self.initializers.items():
+            ranks.setdefault(name, len(t.dims))
+        self._ranks = ranks
+
+    def rank(self, name: str) -> int | None:
+        if self._ranks is None:
+            raise RuntimeError("infer_ranks() was not called before the first edit")
+        return self._ranks.get(name)
 
     @property
     def names(self) -> set[str]:

@@ -174,3 +174,58 @@ def gemm_bn_model(
         [helper.make_tensor_value_info("Y", et, [batch, n])], inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def matmul_bn_model(
+    *,
+    rank: int = 2,
+    k: int = 5,
+    n: int = 6,
+    add: str | None = None,
+    c_shape: tuple[int, ...] = (6,),
+    declare_rank: bool = True,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """X (rank 2: (3, k); rank 3: (3, n, k)) -> MatMul W [-> Add c] -> BatchNormalization -> Y.
+
+    add: None, "right" (Add(mm, c)) or "left" (Add(c, mm)). For rank 3 the BN normalizes axis 1
+    of (3, n, n), i.e. over T; its channel count still equals n so only the axis check refuses.
+    """
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "W")]
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["mm_out"], name="mm")]
+    x = "mm_out"
+    if add:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c_shape).astype(np.float32), "c"))
+        nodes.append(helper.make_node("Add", ["mm_out", "c"] if add == "right" else ["c", "mm_out"],
+                                      ["add_out"], name="add"))
+        x = "add_out"
+    inits += [numpy_helper.from_array(v.astype(np.float32), f"bn_{p}")
+              for p, v in bn_stats(rng, n).items()]
+    nodes.append(helper.make_node("BatchNormalization",
+                                  [x, "bn_scale", "bn_B", "bn_mean", "bn_var"], ["Y"], name="bn"))
+    x_shape = [3, k] if rank == 2 else [3, n, k]
+    graph = helper.make_graph(
+        nodes, "matmul_bn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                       x_shape if declare_rank else None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None if not declare_rank
+                                       else [3, n] if rank == 2 else [3, n, n])], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def assert_refused(m: onnx.ModelProto, code: str, *needles: str):
+    """The model comes back unchanged (no provenance stamp) with one refusal naming the case."""
+    import onnxfold
+    from onnxfold.modelio import model_bytes
+
+    result = onnxfold.fuse(m)
+    assert result.folded == []
+    assert model_bytes(result.model) == model_bytes(m)
+    assert [r.code for r in result.refused] == [code], result.refused
+    reason = result.refused[0].reason
+    assert "\n" not in reason
+    for needle in needles:
+        assert needle in reason, reason
+    return result.refused[0]

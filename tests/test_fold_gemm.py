@@ -8,8 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxfold
-from onnxfold.modelio import model_bytes
-from tests.builders import gemm_bn_model, max_rel_error, ops
+from tests.builders import assert_refused, gemm_bn_model, max_rel_error, ops
 
 # float32: a correct fold reorders roundings only (measured <= 3e-7 here); see test_fold_conv.
 FP32_TOL = 1e-5
@@ -66,24 +65,18 @@ def test_shared_c_is_copied():
     assert max_rel_error(m, result.model) <= FP32_TOL
 
 
-def _refused(m: onnx.ModelProto, code: str, needle: str) -> None:
-    result = onnxfold.fuse(m)
-    assert result.folded == [] and model_bytes(result.model) == model_bytes(m)
-    assert [r.code for r in result.refused] == [code]
-    assert needle in result.refused[0].reason, result.refused[0].reason
-
-
 def test_refuse_gemm_weight_is_input():
     m = gemm_bn_model()
     w = next(t for t in m.graph.initializer if t.name == "Bw")
     m.graph.input.append(helper.make_tensor_value_info("Bw", TensorProto.FLOAT, list(w.dims)))
-    _refused(m, "not-constant", "the B input of Gemm 'gemm': 'Bw' is an overridable initializer")
+    assert_refused(m, "not-constant",
+                   "the B input of Gemm 'gemm': 'Bw' is an overridable initializer")
 
 
 def test_refuse_gemm_output_shared():
     m = gemm_bn_model()
     m.graph.output.append(helper.make_tensor_value_info("gemm_out", TensorProto.FLOAT, [3, 6]))
-    _refused(m, "shared-output", "the output 'gemm_out' of Gemm 'gemm'")
+    assert_refused(m, "shared-output", "the output 'gemm_out' of Gemm 'gemm'")
 
 
 def test_refuse_gemm_bn_channels_on_wrong_axis():
@@ -92,4 +85,4 @@ def test_refuse_gemm_bn_channels_on_wrong_axis():
     for p in ("bn_scale", "bn_B", "bn_mean", "bn_var"):
         t = next(t for t in m.graph.initializer if t.name == p)
         t.CopyFrom(numpy_helper.from_array(np.ones(4, np.float32), p))
-    _refused(m, "channel-mismatch", "6 output channels")
+    assert_refused(m, "channel-mismatch", "6 output channels")

@@ -9,21 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxfold
 from onnxfold.fold import bn_math
-from onnxfold.modelio import model_bytes
-from tests.builders import conv_bn_model, max_rel_error, ops
+from tests.builders import assert_refused, conv_bn_model, max_rel_error, ops
 
 
 def refused(m: onnx.ModelProto, code: str, *needles: str) -> onnxfold.Refusal:
-    result = onnxfold.fuse(m)
-    assert result.folded == []
-    assert model_bytes(result.model) == model_bytes(m)  # unchanged, no provenance stamp
-    assert len(result.refused) == 1, result.refused
-    r = result.refused[0]
-    assert r.code == code
-    assert "\n" not in r.reason
-    for needle in ("BatchNormalization 'bn'", *needles):
-        assert needle in r.reason, r.reason
-    return r
+    return assert_refused(m, code, "BatchNormalization 'bn'", *needles)
 
 
 def _init(m: onnx.ModelProto, name: str) -> onnx.TensorProto:

@@ -49,8 +49,13 @@ def fuse(model: onnx.ModelProto, rules: list[Rule] | None = None) -> FuseResult:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     result = FuseResult(out)
-    by_producer = {op: r for r in (rules or all_rules()) for op in r.producers}
+    by_producer: dict[str, list[Rule]] = {}
+    for r in rules or all_rules():
+        for op in r.producers:
+            by_producer.setdefault(op, []).append(r)
     g = GraphIndex(out)
+    if any(r.needs_ranks for rs in by_producer.values() for r in rs):
+        g.infer_ranks()
     for i, node in enumerate(g.nodes):
         if _is_norm(node):
             try:
@@ -78,20 +83,20 @@ def _label(node: onnx.NodeProto) -> str:
     return node.name or f"<{node.op_type} -> {node.output[0] if node.output else '?'}>"
 
 
-def _fold_one(g: GraphIndex, i: int, by_producer: dict[str, Rule]) -> Fold:
+def _fold_one(g: GraphIndex, i: int, by_producer: dict[str, list[Rule]]) -> Fold:
     bn = g.nodes[i]
     x = bn.input[0] if bn.input else ""
     p = g.producer.get(x)
     if p is None:
         where = "a graph input" if x in g.inputs else "not produced by a node"
         raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
-    rule = by_producer.get(g.nodes[p].op_type)
+    m = Match(norm=i, producer=p, who=describe(bn))
+    rule = next((r for r in by_producer.get(g.nodes[p].op_type, []) if r.pattern(g, m)), None)
     if rule is None:
         raise Refused(
             "no-producer",
             f"{describe(bn)}: its input comes from {describe(g.nodes[p])}, which has no fold rule",
         )
-    m = Match(norm=i, producer=p, who=describe(bn))
     rule.check(g, m)
     into = rule.rewrite(g, m)
     return Fold(rule.name, _label(bn), into)

@@ -33,11 +33,15 @@ class Match:
     producer: int  # the node whose output it normalizes
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constants read by check
     who: str = ""  # how refusals name the normalization node
+    inner: int | None = None  # a node behind the producer that the fold also changes
 
 
 class Rule(Protocol):
     name: str
     producers: tuple[str, ...]  # op types this rule folds into
+    needs_ranks: bool  # does check() ask GraphIndex.rank()?
+
+    def pattern(self, g: GraphIndex, m: Match) -> bool: ...  # is this the rule's shape?
 
     def check(self, g: GraphIndex, m: Match) -> None: ...  # raises Refused
 
@@ -58,9 +62,12 @@ def exclusive_producer(g: GraphIndex, m: Match) -> None:
         )
 
 
-def constant_input(g: GraphIndex, m: Match, slot: int, what: str) -> np.ndarray | None:
-    """The value of the producer's input `slot` (None if absent); refuse if it is not constant."""
-    p = g.nodes[m.producer]
+def constant_input(
+    g: GraphIndex, m: Match, slot: int, what: str, node: int | None = None
+) -> np.ndarray | None:
+    """The value of input `slot` of the producer (or of `node`), None if absent; refuse if it is
+    not a float constant."""
+    p = g.nodes[m.producer if node is None else node]
     name = p.input[slot] if len(p.input) > slot else ""
     if not name:
         return None
@@ -92,5 +99,6 @@ def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.conv_bn import ConvBatchNorm
     from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
     from onnxfold.fold.rules.gemm_bn import GemmBatchNorm
+    from onnxfold.fold.rules.matmul_bn import MatMulBatchNorm
 
-    return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm()]
+    return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm()]

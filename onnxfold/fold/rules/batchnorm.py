@@ -70,13 +70,21 @@ def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
         raise Refused(e.code, f"{m.who}: {e}") from None
 
 
-def absorb_batchnorm(g: GraphIndex, m: Match, w: np.ndarray, b: np.ndarray) -> None:
-    """The producer gets weight w (input 1) and bias b (input 2), takes over the BN's output
-    name (so everything downstream keeps working), and the BN and its unused parameters go."""
+def absorb_batchnorm(
+    g: GraphIndex,
+    m: Match,
+    w: np.ndarray,
+    b: np.ndarray,
+    weight_at: tuple[int, int] | None = None,
+    bias_at: tuple[int, int] | None = None,
+) -> None:
+    """Weight w and bias b go to (node, input slot) weight_at / bias_at (default: the producer's
+    inputs 1 and 2), the producer takes over the BN's output name (so everything downstream keeps
+    working), and the BN and its unused parameters go."""
     producer, bn = g.nodes[m.producer], g.nodes[m.norm]
     out, bn_out = producer.output[0], bn.output[0]
-    store(g, m.producer, 1, w, "")
-    store(g, m.producer, 2, np.ascontiguousarray(b), f"{bn_out}_bias")
+    store(g, *(weight_at or (m.producer, 1)), w, "")
+    store(g, *(bias_at or (m.producer, 2)), np.ascontiguousarray(b), f"{bn_out}_bias")
     g.rename_output(m.producer, out, bn_out)
     params = list(bn.input[1:5])
     g.remove_node(m.norm)

@@ -21,6 +21,10 @@ class ConvBatchNorm:
 
     name = "Conv+BatchNormalization"
     producers = ("Conv",)
+    needs_ranks = False
+
+    def pattern(self, g: GraphIndex, m: Match) -> bool:
+        return True
 
     def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:
         """Output channels given weight w, or None if w's shape does not fit the node."""

@@ -11,6 +11,10 @@ from onnxfold.graph import GraphIndex, attrs, describe
 class GemmBatchNorm:
     name = "Gemm+BatchNormalization"
     producers = ("Gemm",)
+    needs_ranks = False
+
+    def pattern(self, g: GraphIndex, m: Match) -> bool:
+        return True
 
     def check(self, g: GraphIndex, m: Match) -> None:
         exclusive_producer(g, m)
