@@ -19,7 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"onnxfold {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fuse", help="fold BatchNormalization into Conv and check parity in ORT")
-    f.add_argument("model", type=Path, help="the ONNX model to fold (never modified)")
+    f.add_argument("model", type=Path, nargs="?", help="the ONNX model to fold (never modified)")
     f.add_argument("-o", "--output", type=Path, help="output path (default: MODEL.folded.onnx)")
     f.add_argument("--force", action="store_true", help="overwrite an existing output file")
     f.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
@@ -30,7 +30,18 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     f.add_argument("--report", type=Path, metavar="R.json", help="write the report as JSON")
     f.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    f.add_argument("--dry-run", action="store_true",
+                   help="list what would fold into what, and why not; write no model")
+    f.add_argument("--only", type=_names, metavar="RULE,...", help="use only these rules")
+    f.add_argument("--skip", type=_names, metavar="RULE,...", help="do not use these rules")
+    f.add_argument("--keep", type=_names, metavar="NODE,...",
+                   help="leave these nodes alone (a BatchNormalization or the layer before it)")
+    f.add_argument("--list-rules", action="store_true", help="list the rule names and exit")
     return p
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +59,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fuse(args: argparse.Namespace) -> int:
     from onnxfold.fold.pipeline import fuse_file
+    from onnxfold.fold.rules import all_rules
     from onnxfold.parity.inputs import parse_shape
 
+    if args.list_rules:
+        for r in all_rules():
+            print(f"{r.name:<34} {r.summary}")
+        return 0
+    if args.model is None:
+        raise OnnxfoldError("fuse", "a model path (onnxfold fuse MODEL.onnx)", "none")
     shapes = dict(parse_shape(s) for s in args.shape)
     outcome = fuse_file(
         args.model, args.output, force=args.force, check=not args.no_check, shapes=shapes,
-        seed=args.seed, report_path=args.report,
+        seed=args.seed, report_path=args.report, dry_run=args.dry_run, only=args.only,
+        skip=args.skip, keep=args.keep,
     )
     if not args.quiet:
         print(outcome.text)

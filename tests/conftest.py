@@ -25,3 +25,13 @@ def bundled_model():
     import onnx
 
     return onnx.load(BUNDLED)
+
+
+@pytest.fixture
+def bundled(tmp_path):
+    """A copy of the bundled default model in tmp_path, as tiny.onnx."""
+    import shutil
+
+    p = tmp_path / "tiny.onnx"
+    shutil.copyfile(BUNDLED, p)
+    return p

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,14 +42,6 @@ def digest(path: Path) -> str:
 def listing(folder: Path) -> list[str]:
     """Every file and folder under `folder`, hidden temp files included."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-@pytest.fixture
-def bundled(tmp_path: Path) -> Path:
-    """A copy of the bundled default model in tmp_path."""
-    p = tmp_path / "tiny.onnx"
-    shutil.copyfile(BUNDLED, p)
-    return p
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

@@ -44,8 +44,25 @@ class FuseResult:
         return len(self.folded) + len(self.refused)
 
 
-def fuse(model: onnx.ModelProto, rules: list[Rule] | None = None) -> FuseResult:
-    """Fold every foldable BatchNormalization; the argument is not modified."""
+def select_rules(only: list[str] | None = None, skip: list[str] | None = None) -> list[Rule]:
+    """The rules named by --only (default: all) minus --skip; unknown names raise KeyError."""
+    rules = all_rules()
+    names = [r.name for r in rules]
+    for name in (only or []) + (skip or []):
+        if name not in names:
+            raise KeyError(name)
+    return [r for r in rules if (not only or r.name in only) and r.name not in (skip or [])]
+
+
+def fuse(
+    model: onnx.ModelProto,
+    rules: list[Rule] | None = None,
+    keep: set[str] | frozenset[str] = frozenset(),
+) -> FuseResult:
+    """Fold every foldable BatchNormalization; the argument is not modified.
+
+    `keep`: names of nodes to leave alone (a normalization, or the layer it would fold into).
+    """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     result = FuseResult(out)
@@ -59,7 +76,7 @@ def fuse(model: onnx.ModelProto, rules: list[Rule] | None = None) -> FuseResult:
     for i, node in enumerate(g.nodes):
         if _is_norm(node):
             try:
-                fold = _fold_one(g, i, by_producer)
+                fold = _fold_one(g, i, by_producer, keep)
                 result.folded.append(fold)
             except Refused as e:
                 result.refused.append(Refusal(_label(node), e.code, e.reason))
@@ -83,13 +100,19 @@ def _label(node: onnx.NodeProto) -> str:
     return node.name or f"<{node.op_type} -> {node.output[0] if node.output else '?'}>"
 
 
-def _fold_one(g: GraphIndex, i: int, by_producer: dict[str, list[Rule]]) -> Fold:
+def _fold_one(
+    g: GraphIndex, i: int, by_producer: dict[str, list[Rule]], keep: set[str] | frozenset[str]
+) -> Fold:
     bn = g.nodes[i]
+    if bn.name and bn.name in keep:
+        raise Refused("kept", f"{describe(bn)} is kept (--keep)")
     x = bn.input[0] if bn.input else ""
     p = g.producer.get(x)
     if p is None:
         where = "a graph input" if x in g.inputs else "not produced by a node"
         raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
+    if g.nodes[p].name and g.nodes[p].name in keep:
+        raise Refused("kept", f"{describe(bn)}: {describe(g.nodes[p])} is kept (--keep)")
     m = Match(norm=i, producer=p, who=describe(bn))
     rule = next((r for r in by_producer.get(g.nodes[p].op_type, []) if r.pattern(g, m)), None)
     if rule is None:

@@ -10,7 +10,9 @@ import onnx
 
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import report
-from onnxfold.fold.engine import fuse, op_counts
+from onnxfold.fold.engine import fuse, op_counts, select_rules
+from onnxfold.fold.rules import all_rules
+from onnxfold.graph import walk_graphs
 from onnxfold.modelio import load_model, model_bytes, write_atomic
 from onnxfold.parity import check_parity
 from onnxfold.parity.inputs import real_inputs
@@ -64,13 +66,26 @@ def fuse_file(
     shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
     report_path: Path | None = None,
+    dry_run: bool = False,
+    only: list[str] | None = None,
+    skip: list[str] | None = None,
+    keep: list[str] | None = None,
 ) -> FuseOutcome:
-    """The whole `onnxfold fuse` job; raises OnnxfoldError for bad input (exit 2)."""
+    """The whole `onnxfold fuse` job; raises OnnxfoldError for bad input (exit 2).
+
+    dry_run: say what would fold and why not, run no check and write no model.
+    """
     t0 = time.perf_counter()
+    try:
+        rules = select_rules(only, skip)
+    except KeyError as e:
+        names = ", ".join(r.name for r in all_rules())
+        raise OnnxfoldError("--only/--skip", f"a rule name ({names})", repr(e.args[0])) from None
     target = target or default_output(source)
-    check_output_path(source, target, force)
+    if not dry_run:
+        check_output_path(source, target, force)
     if report_path is not None:
-        check_output_path(source, report_path, force, target)
+        check_output_path(source, report_path, force, *([] if dry_run else [target]))
     timings: dict[str, float] = {}
 
     def lap(name: str, start: float) -> float:
@@ -81,12 +96,13 @@ def fuse_file(
     original = load_model(source)
     t = lap("load", t0)
     _check_shape_names(original, shapes or {})
-    result = fuse(original)
+    _check_keep_names(original, keep or [])
+    result = fuse(original, rules, frozenset(keep or []))
     t = lap("fold", t)
-    error = _validate(result.model, original)
+    error = "" if dry_run else _validate(result.model, original)
     t = lap("checker", t)
     parity = None
-    if check and not error:
+    if check and not error and not dry_run:
         parity = check_parity(original, result.model, shapes=shapes, seed=seed)
         t = lap("check", t)
         if parity.status == "fail":
@@ -94,9 +110,9 @@ def fuse_file(
     ok = not error
     rep = report.build(
         result, op_counts(original), op_counts(result.model), parity, str(source),
-        str(target) if ok else None,
+        str(target) if ok and not dry_run else None, dry_run,
     )
-    if ok:
+    if ok and not dry_run:
         write_atomic(target, model_bytes(result.model))
         t = lap("save", t)
     if report_path is not None:
@@ -126,3 +142,11 @@ def _check_shape_names(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> 
     if unknown:
         expected = f"a graph input name ({', '.join(names)})"
         raise OnnxfoldError("--shape", expected, ", ".join(unknown))
+
+
+def _check_keep_names(model: onnx.ModelProto, keep: list[str]) -> None:
+    """--keep must name nodes of the model: a typo must not silently fold a node."""
+    names = {n.name for g in walk_graphs(model.graph) for n in g.node}
+    unknown = sorted(set(keep) - names)
+    if unknown:
+        raise OnnxfoldError("--keep", "names of nodes in the model", ", ".join(unknown))

@@ -17,12 +17,14 @@ def build(
     parity: ParityReport | None,
     source: str,
     target: str | None,
+    dry_run: bool = False,
 ) -> dict:
     """Everything the report says, deterministic for the same input (no timings, no clocks)."""
     from onnxfold import __version__
 
     return {
         "onnxfold": __version__,
+        "dry_run": dry_run,
         "input": source,
         "output": target,
         "folded": len(result.folded),
@@ -47,8 +49,13 @@ def to_json(report: dict) -> str:
 
 
 def render(report: dict, timings: dict[str, float]) -> str:
-    lines = [f"onnxfold fuse: {report['input']} -> {report['output'] or '(not written)'}"]
-    lines.append(f"folded {report['folded']} of {report['normalizations']} BatchNormalization")
+    dry = report["dry_run"]
+    target = "(dry run: nothing written)" if dry else report["output"] or "(not written)"
+    lines = [f"onnxfold fuse: {report['input']} -> {target}"]
+    verb = "would fold" if dry else "folded"
+    lines.append(f"{verb} {report['folded']} of {report['normalizations']} BatchNormalization")
+    if dry:
+        lines += [f"  {f['node']} -> {f['into']} ({f['rule']})" for f in report["folds"]]
     before, after = report["ops_before"], report["ops_after"]
     ops = sorted(set(before) | set(after))
     w = max([len(o) for o in ops] + [9])
@@ -73,7 +80,7 @@ def render(report: dict, timings: dict[str, float]) -> str:
 
 def _render_check(c: dict | None) -> list[str]:
     if c is None:
-        return ["check: skipped (--no-check)"]
+        return ["check: skipped (--no-check or --dry-run)"]
     if c["status"] == "not-run":
         return [f"check: NOT RUN: {c['reason']}"]
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in c["inputs"].items())

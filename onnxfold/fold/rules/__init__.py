@@ -38,6 +38,7 @@ class Match:
 
 class Rule(Protocol):
     name: str
+    summary: str  # one line for --list-rules
     producers: tuple[str, ...]  # op types this rule folds into
     needs_ranks: bool  # does check() ask GraphIndex.rank()?
 

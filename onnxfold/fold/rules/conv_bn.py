@@ -20,6 +20,7 @@ class ConvBatchNorm:
     """Also the base of ConvTranspose's rule, which overrides the two hooks below."""
 
     name = "Conv+BatchNormalization"
+    summary = "Conv -> BN: weight scaled per output channel, the BN shift becomes the bias"
     producers = ("Conv",)
     needs_ranks = False
 

@@ -12,6 +12,7 @@ from onnxfold.graph import attrs
 
 class ConvTransposeBatchNorm(ConvBatchNorm):
     name = "ConvTranspose+BatchNormalization"
+    summary = "ConvTranspose -> BN: weight slices scaled per output channel and group"
     producers = ("ConvTranspose",)
 
     def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:

@@ -10,6 +10,7 @@ from onnxfold.graph import GraphIndex, attrs, describe
 
 class GemmBatchNorm:
     name = "Gemm+BatchNormalization"
+    summary = "Gemm -> BN on (N, C): B's output columns scaled, the BN shift folded into C"
     producers = ("Gemm",)
     needs_ranks = False
 

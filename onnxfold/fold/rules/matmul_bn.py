@@ -15,6 +15,7 @@ from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe
 
 class MatMulBatchNorm:
     name = "MatMul+BatchNormalization"
+    summary = "MatMul(2-D X, const W) [-> Add(const)] -> BN: W's columns scaled"
     producers = ("MatMul", "Add")
     needs_ranks = True
 
