@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from onnxfold.fold import passthrough
 from onnxfold.fold.rules import Match, Refused, Rule, all_rules
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe, subgraphs, walk_graphs
 
 log = logging.getLogger(__name__)
 
 NORM_OPS = ("BatchNormalization",)
+RANK_OPS = ("MatMul", "Squeeze", "Unsqueeze")  # their folds need tensor ranks
 META_VERSION = "onnxfold.version"
 META_FOLDED = "onnxfold.folded"
 
@@ -71,8 +73,8 @@ def fuse(
         for op in r.producers:
             by_producer.setdefault(op, []).append(r)
     g = GraphIndex(out)
-    if any(r.needs_ranks for rs in by_producer.values() for r in rs):
-        g.infer_ranks()
+    if any(n.op_type in RANK_OPS for n in g.nodes):
+        g.infer_ranks()  # before any edit: shape inference needs the graph intact
     for i, node in enumerate(g.nodes):
         if _is_norm(node):
             try:
@@ -108,12 +110,20 @@ def _fold_one(
         raise Refused("kept", f"{describe(bn)} is kept (--keep)")
     x = bn.input[0] if bn.input else ""
     p = g.producer.get(x)
+    through: list[int] = []
+    while p is not None and passthrough.is_layout_op(g.nodes[p]):
+        why = passthrough.why_channels_move(g, g.nodes[p])
+        if why:
+            raise Refused("channel-axis", f"{describe(bn)}: {why}")
+        through.insert(0, p)
+        x = g.nodes[p].input[0]
+        p = g.producer.get(x)
     if p is None:
         where = "a graph input" if x in g.inputs else "not produced by a node"
         raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
     if g.nodes[p].name and g.nodes[p].name in keep:
         raise Refused("kept", f"{describe(bn)}: {describe(g.nodes[p])} is kept (--keep)")
-    m = Match(norm=i, producer=p, who=describe(bn))
+    m = Match(norm=i, producer=p, who=describe(bn), through=through)
     rule = next((r for r in by_producer.get(g.nodes[p].op_type, []) if r.pattern(g, m)), None)
     if rule is None:
         raise Refused(

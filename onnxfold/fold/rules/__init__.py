@@ -34,13 +34,20 @@ class Match:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constants read by check
     who: str = ""  # how refusals name the normalization node
     inner: int | None = None  # a node behind the producer that the fold also changes
+    # Nodes between the producer and the normalization that keep the channel axis (Identity,
+    # Squeeze/Unsqueeze off axes 0 and 1), producer side first. They stay; the last one takes
+    # over the normalization's output name.
+    through: list[int] = field(default_factory=list)
+
+    @property
+    def chain_end(self) -> int:
+        return self.through[-1] if self.through else self.producer
 
 
 class Rule(Protocol):
     name: str
     summary: str  # one line for --list-rules
     producers: tuple[str, ...]  # op types this rule folds into
-    needs_ranks: bool  # does check() ask GraphIndex.rank()?
 
     def pattern(self, g: GraphIndex, m: Match) -> bool: ...  # is this the rule's shape?
 
@@ -50,17 +57,21 @@ class Rule(Protocol):
 
 
 def exclusive_producer(g: GraphIndex, m: Match) -> None:
-    """The producer is a default-domain op whose output only the normalization reads."""
+    """The producer is a default-domain op whose output reaches only the normalization (through
+    m.through, each read only by the next)."""
     p, who = g.nodes[m.producer], describe(g.nodes[m.norm])
     if p.domain not in DEFAULT_DOMAINS:
         raise Refused("not-foldable", f"{who}: {describe(p)} is in domain '{p.domain}'")
-    out = p.output[0]
-    if g.is_used_outside(out, m.norm, 0):
-        raise Refused(
-            "shared-output",
-            f"{who}: the output '{out}' of {describe(p)} is needed unfolded: "
-            f"{g.other_user(out, m.norm, 0)}",
-        )
+    chain = [m.producer, *m.through]
+    readers = [*m.through, m.norm]
+    for node, reader in zip(chain, readers):
+        out = g.nodes[node].output[0]
+        if g.is_used_outside(out, reader, 0):
+            raise Refused(
+                "shared-output",
+                f"{who}: the output '{out}' of {describe(g.nodes[node])} is needed unfolded: "
+                f"{g.other_user(out, reader, 0)}",
+            )
 
 
 def constant_input(

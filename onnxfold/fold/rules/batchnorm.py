@@ -79,13 +79,14 @@ def absorb_batchnorm(
     bias_at: tuple[int, int] | None = None,
 ) -> None:
     """Weight w and bias b go to (node, input slot) weight_at / bias_at (default: the producer's
-    inputs 1 and 2), the producer takes over the BN's output name (so everything downstream keeps
-    working), and the BN and its unused parameters go."""
-    producer, bn = g.nodes[m.producer], g.nodes[m.norm]
-    out, bn_out = producer.output[0], bn.output[0]
+    inputs 1 and 2), the producer (or the last pass-through node after it) takes over the BN's
+    output name (so everything downstream keeps working), and the BN and its unused parameters
+    go."""
+    bn = g.nodes[m.norm]
+    bn_out = bn.output[0]
     store(g, *(weight_at or (m.producer, 1)), w, "")
     store(g, *(bias_at or (m.producer, 2)), np.ascontiguousarray(b), f"{bn_out}_bias")
-    g.rename_output(m.producer, out, bn_out)
+    g.rename_output(m.chain_end, g.nodes[m.chain_end].output[0], bn_out)
     params = list(bn.input[1:5])
     g.remove_node(m.norm)
     for name in params:

@@ -22,7 +22,6 @@ class ConvBatchNorm:
     name = "Conv+BatchNormalization"
     summary = "Conv -> BN: weight scaled per output channel, the BN shift becomes the bias"
     producers = ("Conv",)
-    needs_ranks = False
 
     def pattern(self, g: GraphIndex, m: Match) -> bool:
         return True

@@ -12,7 +12,6 @@ class GemmBatchNorm:
     name = "Gemm+BatchNormalization"
     summary = "Gemm -> BN on (N, C): B's output columns scaled, the BN shift folded into C"
     producers = ("Gemm",)
-    needs_ranks = False
 
     def pattern(self, g: GraphIndex, m: Match) -> bool:
         return True

@@ -17,7 +17,6 @@ class MatMulBatchNorm:
     name = "MatMul+BatchNormalization"
     summary = "MatMul(2-D X, const W) [-> Add(const)] -> BN: W's columns scaled"
     producers = ("MatMul", "Add")
-    needs_ranks = True
 
     def pattern(self, g: GraphIndex, m: Match) -> bool:
         p = g.nodes[m.producer]
