@@ -10,7 +10,7 @@ from tests.builders import ops
 from tests.test_cli import digest, listing, run_cli
 
 RULES = ["Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
-         "Gemm+BatchNormalization", "MatMul+BatchNormalization"]
+         "Gemm+BatchNormalization", "MatMul+BatchNormalization", "ScaleLayer"]
 
 
 def test_list_rules(capsys):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxfold.fold import passthrough
-from onnxfold.fold.rules import Match, Refused, Rule, all_rules
+from onnxfold.fold.rules import Match, Refused, Rule, all_rules, scale
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe, subgraphs, walk_graphs
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,9 @@ META_FOLDED = "onnxfold.folded"
 @dataclass(frozen=True)
 class Fold:
     rule: str
-    node: str  # the removed normalization node
+    node: str  # the removed normalization or scale node
     into: str  # the node it was folded into
+    op: str = "BatchNormalization"  # the removed node's op type
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Refusal:
     node: str
     code: str
     reason: str  # one line, names the node
+    op: str = "BatchNormalization"
 
 
 @dataclass
@@ -68,30 +70,58 @@ def fuse(
     out = onnx.ModelProto()
     out.CopyFrom(model)
     result = FuseResult(out)
-    by_producer: dict[str, list[Rule]] = {}
-    for r in rules or all_rules():
-        for op in r.producers:
-            by_producer.setdefault(op, []).append(r)
+    selected = rules if rules is not None else all_rules()
+    by_producer = _by_producer(selected)
+    # Scale layers fold with the producer's own rule, whichever BN rules were selected.
+    scale_rules = _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
     g = GraphIndex(out)
     if any(n.op_type in RANK_OPS for n in g.nodes):
         g.infer_ranks()  # before any edit: shape inference needs the graph intact
     for i, node in enumerate(g.nodes):
         if _is_norm(node):
-            try:
-                fold = _fold_one(g, i, by_producer, keep)
-                result.folded.append(fold)
-            except Refused as e:
-                result.refused.append(Refusal(_label(node), e.code, e.reason))
-            except Exception as e:  # one bad node never costs the user the other folds
-                log.exception("unexpected error folding %s", describe(node))
-                err = f"{type(e).__name__}: {e}"
-                reason = f"{describe(node)}: internal error, left unfolded ({err})"
-                result.refused.append(Refusal(_label(node), "internal-error", reason))
+            attempt = (by_producer, 0)
+        elif scale_rules and (slot := _scale_slot(g, node)) is not None:
+            attempt = (scale_rules, slot)
+        else:
+            continue
+        try:
+            fold = _fold_one(g, i, *attempt, keep)
+            result.folded.append(fold)
+        except Refused as e:
+            result.refused.append(Refusal(_label(node), e.code, e.reason, node.op_type))
+        except Exception as e:  # one bad node never costs the user the other folds
+            log.exception("unexpected error folding %s", describe(node))
+            err = f"{type(e).__name__}: {e}"
+            reason = f"{describe(node)}: internal error, left unfolded ({err})"
+            result.refused.append(Refusal(_label(node), "internal-error", reason, node.op_type))
     g.commit()
     result.refused.extend(_nested_norms(out))
     if result.folded:
         _stamp(out, result.folded)
     return result
+
+
+def _by_producer(rules: list[Rule]) -> dict[str, list[Rule]]:
+    by: dict[str, list[Rule]] = {}
+    for r in rules:
+        for op in r.producers:
+            by.setdefault(op, []).append(r)
+    return by
+
+
+def _scale_slot(g: GraphIndex, node: onnx.NodeProto) -> int | None:
+    """The input slot through which a Mul/Add by a constant reads a foldable layer, if it does.
+
+    Mul/Add by constants are everywhere; only those right after Conv/ConvTranspose/Gemm (through
+    layout no-ops) are scale layers, and only they are folded or reported."""
+    c = scale.constant_slot(g, node)
+    if c is None:
+        return None
+    p = g.producer.get(node.input[1 - c])
+    while p is not None and passthrough.is_layout_op(g.nodes[p]):
+        p = g.producer.get(g.nodes[p].input[0])
+    ok = p is not None and g.nodes[p].op_type in scale.PRODUCERS
+    return 1 - c if ok else None
 
 
 def _is_norm(node: onnx.NodeProto) -> bool:
@@ -103,12 +133,17 @@ def _label(node: onnx.NodeProto) -> str:
 
 
 def _fold_one(
-    g: GraphIndex, i: int, by_producer: dict[str, list[Rule]], keep: set[str] | frozenset[str]
+    g: GraphIndex,
+    i: int,
+    by_producer: dict[str, list[Rule]],
+    slot: int,
+    keep: set[str] | frozenset[str],
 ) -> Fold:
+    """Fold anchor node i (a BatchNormalization, or a scale layer reading its layer at `slot`)."""
     bn = g.nodes[i]
     if bn.name and bn.name in keep:
         raise Refused("kept", f"{describe(bn)} is kept (--keep)")
-    x = bn.input[0] if bn.input else ""
+    x = bn.input[slot] if len(bn.input) > slot else ""
     p = g.producer.get(x)
     through: list[int] = []
     while p is not None and passthrough.is_layout_op(g.nodes[p]):
@@ -123,7 +158,7 @@ def _fold_one(
         raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
     if g.nodes[p].name and g.nodes[p].name in keep:
         raise Refused("kept", f"{describe(bn)}: {describe(g.nodes[p])} is kept (--keep)")
-    m = Match(norm=i, producer=p, who=describe(bn), through=through)
+    m = Match(norm=i, producer=p, who=describe(bn), through=through, slot=slot)
     rule = next((r for r in by_producer.get(g.nodes[p].op_type, []) if r.pattern(g, m)), None)
     if rule is None:
         raise Refused(
@@ -131,8 +166,9 @@ def _fold_one(
             f"{describe(bn)}: its input comes from {describe(g.nodes[p])}, which has no fold rule",
         )
     rule.check(g, m)
+    op, label = bn.op_type, _label(bn)
     into = rule.rewrite(g, m)
-    return Fold(rule.name, _label(bn), into)
+    return Fold("ScaleLayer" if op in scale.OPS else rule.name, label, into, op)
 
 
 def _nested_norms(model: onnx.ModelProto) -> list[Refusal]:

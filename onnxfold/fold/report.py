@@ -29,12 +29,24 @@ def build(
         "output": target,
         "folded": len(result.folded),
         "normalizations": result.total,
+        "by_op": _by_op(result),
         "ops_before": ops_before,
         "ops_after": ops_after,
         "folds": [asdict(f) for f in result.folded],
         "refusals": [asdict(r) for r in result.refused],
         "check": None if parity is None else _parity_dict(parity),
     }
+
+
+def _by_op(result: FuseResult) -> dict[str, dict[str, int]]:
+    """Folded and total per anchor op type (BatchNormalization first, then scale layers)."""
+    out: dict[str, dict[str, int]] = {"BatchNormalization": {"folded": 0, "total": 0}}
+    for items, folded in ((result.folded, 1), (result.refused, 0)):
+        for x in items:
+            d = out.setdefault(x.op, {"folded": 0, "total": 0})
+            d["folded"] += folded
+            d["total"] += 1
+    return out
 
 
 def _parity_dict(p: ParityReport) -> dict:
@@ -53,7 +65,9 @@ def render(report: dict, timings: dict[str, float]) -> str:
     target = "(dry run: nothing written)" if dry else report["output"] or "(not written)"
     lines = [f"onnxfold fuse: {report['input']} -> {target}"]
     verb = "would fold" if dry else "folded"
-    lines.append(f"{verb} {report['folded']} of {report['normalizations']} BatchNormalization")
+    for op, d in report["by_op"].items():
+        what = op if op == "BatchNormalization" else f"{op} (scale layer)"
+        lines.append(f"{verb} {d['folded']} of {d['total']} {what}")
     if dry:
         lines += [f"  {f['node']} -> {f['into']} ({f['rule']})" for f in report["folds"]]
     before, after = report["ops_before"], report["ops_after"]

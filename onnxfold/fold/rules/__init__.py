@@ -33,6 +33,7 @@ class Match:
     producer: int  # the node whose output it normalizes
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constants read by check
     who: str = ""  # how refusals name the normalization node
+    slot: int = 0  # which input of the anchor (norm) reads the producer's chain
     inner: int | None = None  # a node behind the producer that the fold also changes
     # Nodes between the producer and the normalization that keep the channel axis (Identity,
     # Squeeze/Unsqueeze off axes 0 and 1), producer side first. They stay; the last one takes
@@ -63,14 +64,14 @@ def exclusive_producer(g: GraphIndex, m: Match) -> None:
     if p.domain not in DEFAULT_DOMAINS:
         raise Refused("not-foldable", f"{who}: {describe(p)} is in domain '{p.domain}'")
     chain = [m.producer, *m.through]
-    readers = [*m.through, m.norm]
+    readers = [(n, 0) for n in m.through] + [(m.norm, m.slot)]
     for node, reader in zip(chain, readers):
         out = g.nodes[node].output[0]
-        if g.is_used_outside(out, reader, 0):
+        if g.is_used_outside(out, *reader):
             raise Refused(
                 "shared-output",
                 f"{who}: the output '{out}' of {describe(g.nodes[node])} is needed unfolded: "
-                f"{g.other_user(out, reader, 0)}",
+                f"{g.other_user(out, *reader)}",
             )
 
 
@@ -112,5 +113,7 @@ def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
     from onnxfold.fold.rules.gemm_bn import GemmBatchNorm
     from onnxfold.fold.rules.matmul_bn import MatMulBatchNorm
+    from onnxfold.fold.rules.scale import ScaleLayer
 
-    return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm()]
+    return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm(),
+            ScaleLayer()]

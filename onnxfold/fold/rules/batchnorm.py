@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, store
+from onnxfold.fold.rules import Match, Refused
 from onnxfold.graph import GraphIndex, attrs, describe
 
 PARAMS = ("scale", "B", "mean", "var")  # BatchNormalization inputs 1..4
@@ -55,39 +54,3 @@ def check_batchnorm(g: GraphIndex, m: Match, channels: int) -> None:
             raise Refused("unsupported-dtype", f"{who}: {key} '{name}' has dtype {v.dtype.name}")
         m.values[key] = v
     m.values["epsilon"] = np.float64(a.get("epsilon", 1e-5))
-
-
-def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
-    """fold(s, t) -> (weight, bias) in float64 for the BN's y = x*s + t, each cast once to the
-    dtype of m.values["W"]; a Refused (not-finite, overflow) when they cannot be represented."""
-    v = m.values
-    try:
-        s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
-        w64, b64 = fold(s, t)
-        dtype = v["W"].dtype
-        return bn_math.cast_checked(w64, dtype, "weight"), bn_math.cast_checked(b64, dtype, "bias")
-    except bn_math.FoldError as e:
-        raise Refused(e.code, f"{m.who}: {e}") from None
-
-
-def absorb_batchnorm(
-    g: GraphIndex,
-    m: Match,
-    w: np.ndarray,
-    b: np.ndarray,
-    weight_at: tuple[int, int] | None = None,
-    bias_at: tuple[int, int] | None = None,
-) -> None:
-    """Weight w and bias b go to (node, input slot) weight_at / bias_at (default: the producer's
-    inputs 1 and 2), the producer (or the last pass-through node after it) takes over the BN's
-    output name (so everything downstream keeps working), and the BN and its unused parameters
-    go."""
-    bn = g.nodes[m.norm]
-    bn_out = bn.output[0]
-    store(g, *(weight_at or (m.producer, 1)), w, "")
-    store(g, *(bias_at or (m.producer, 2)), np.ascontiguousarray(b), f"{bn_out}_bias")
-    g.rename_output(m.chain_end, g.nodes[m.chain_end].output[0], bn_out)
-    params = list(bn.input[1:5])
-    g.remove_node(m.norm)
-    for name in params:
-        g.drop_if_unused(name)

@@ -12,7 +12,7 @@ from onnxfold.fold.rules import (
     constant_input,
     exclusive_producer,
 )
-from onnxfold.fold.rules.batchnorm import absorb_batchnorm, check_batchnorm, folded_values
+from onnxfold.fold.rules.anchor import absorb_anchor, check_anchor, folded_values
 from onnxfold.graph import GraphIndex, describe
 
 
@@ -56,11 +56,11 @@ class ConvBatchNorm:
                     f"{list(b.shape)}, its weight {channels} output channels",
                 )
             m.values["b"] = b
-        check_batchnorm(g, m, channels=channels)
+        check_anchor(g, m, channels, w.ndim)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
         conv, v = g.nodes[m.producer], m.values
         w, b = folded_values(m, lambda s, t: self.fold_weight(v["W"], v.get("b"), s, t, conv))
         label = describe(conv)
-        absorb_batchnorm(g, m, w, b)
+        absorb_anchor(g, m, w, b)
         return label

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from onnxfold.fold import bn_math
 from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer
-from onnxfold.fold.rules.batchnorm import absorb_batchnorm, check_batchnorm, folded_values
+from onnxfold.fold.rules.anchor import absorb_anchor, check_anchor, folded_values
 from onnxfold.graph import GraphIndex, attrs, describe
 
 
@@ -34,7 +34,7 @@ class GemmBatchNorm:
                     f"{list(c.shape)}, which does not broadcast to its {n} output columns",
                 )
             m.values["C"] = c
-        check_batchnorm(g, m, channels=n)
+        check_anchor(g, m, n, 2)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
         gemm, v = g.nodes[m.producer], m.values
@@ -47,5 +47,5 @@ class GemmBatchNorm:
         for attr in gemm.attribute:
             if attr.name == "beta":
                 attr.f = 1.0  # beta is now inside C
-        absorb_batchnorm(g, m, w, c)
+        absorb_anchor(g, m, w, c)
         return label

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onnxfold.fold import bn_math
 from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer
-from onnxfold.fold.rules.batchnorm import absorb_batchnorm, check_batchnorm, folded_values
+from onnxfold.fold.rules.anchor import absorb_anchor, check_anchor, folded_values
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe
 
 
@@ -71,7 +71,7 @@ class MatMulBatchNorm:
                     f"per-column constant for {n} columns",
                 )
             m.values["C"] = c
-        check_batchnorm(g, m, channels=n)
+        check_anchor(g, m, n, 2)
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
         v = m.values
@@ -82,9 +82,9 @@ class MatMulBatchNorm:
             mm = g.nodes[m.producer]
             label = describe(mm)
             mm.op_type = "Gemm"  # a 2-D MatMul plus a bias is exactly a Gemm
-            absorb_batchnorm(g, m, w, c)
+            absorb_anchor(g, m, w, c)
         else:
             label = f"{describe(g.nodes[m.inner])} and {describe(g.nodes[m.producer])}"
-            absorb_batchnorm(g, m, w, c, weight_at=(m.inner, 1),
+            absorb_anchor(g, m, w, c, weight_at=(m.inner, 1),
                              bias_at=(m.producer, int(v["add_slot"])))
         return label
