@@ -1,7 +1,9 @@
-"""Scale layers: Mul or Add by a per-channel constant right after a Conv, ConvTranspose or Gemm.
+"""Scale layers: Mul/Add/Sub/Div by a per-channel constant right after Conv, ConvTranspose, Gemm.
 
-Caffe's BatchNorm+Scale, the BN-merge case of Caffe MobileNet-SSD and DETR's Conv→Mul→Add all
-reach ONNX this way. A Mul by c is y*s+t with s = c, t = 0; an Add of c is s = 1, t = c. Only
+Caffe's BatchNorm+Scale, the BN-merge case of Caffe MobileNet-SSD, DETR's Conv→Mul→Add and BNs
+that exporters decompose into (x - mean) * k + B or (x - mean) / d + B all reach ONNX this way.
+Each is y*s+t per channel: Mul by c is s = c, t = 0; Add of c is s = 1, t = c; x - c is
+s = 1, t = -c; c - x is s = -1, t = c; x / c is s = 1/c (c / x is not affine: never matched). Only
 constants that broadcast per output channel fold: one value per channel on axis 1 (shapes like
 [C,1,1], [1,C,1,1], [C] for Gemm) or a single value; a constant that varies along the batch or
 spatial axes, or has more axes than the output (it would change the output's shape), is refused.
@@ -14,7 +16,7 @@ import numpy as np
 from onnxfold.fold.rules import FLOAT_DTYPES, Match, Refused
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex
 
-OPS = ("Mul", "Add")
+OPS = ("Mul", "Add", "Sub", "Div")
 PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 
 
@@ -22,7 +24,7 @@ class ScaleLayer:
     """Selects scale-layer folds (--only/--skip); the fold itself uses the producer's rule."""
 
     name = "ScaleLayer"
-    summary = "Conv/ConvTranspose/Gemm -> Mul/Add by a per-channel constant: folded likewise"
+    summary = "Conv/ConvTranspose/Gemm -> Mul/Add/Sub/Div by a per-channel constant"
     producers: tuple[str, ...] = ()
 
 
@@ -31,7 +33,10 @@ def constant_slot(g: GraphIndex, node) -> int | None:
     if node.op_type not in OPS or node.domain not in DEFAULT_DOMAINS or len(node.input) != 2:
         return None
     const = [g.why_not_constant(name) is None for name in node.input]
-    return const.index(True) if const.count(True) == 1 else None
+    if const.count(True) != 1:
+        return None
+    slot = const.index(True)
+    return None if node.op_type == "Div" and slot == 0 else slot  # c / x is not affine
 
 
 def check_scale(g: GraphIndex, m: Match, channels: int, rank: int | None) -> None:
@@ -57,7 +62,14 @@ def check_scale(g: GraphIndex, m: Match, channels: int, rank: int | None) -> Non
     vec = np.broadcast_to(full.reshape(-1).astype(np.float64), (channels,)).copy()
     if not np.isfinite(vec).all():
         raise Refused("not-finite", f"{where} has values that are not finite")
-    if node.op_type == "Mul":
-        m.values["s"], m.values["t"] = vec, np.zeros(channels)
-    else:
-        m.values["s"], m.values["t"] = np.ones(channels), vec
+    ones, zeros = np.ones(channels), np.zeros(channels)
+    if node.op_type == "Div" and not vec.all():
+        raise Refused("not-finite", f"{where} has zeros: division by zero")
+    # Sub with the layer on the right is c - x: s = -1, t = c.
+    s_t = {
+        "Mul": (vec, zeros),
+        "Add": (ones, vec),
+        "Sub": (ones, -vec) if m.slot == 0 else (-ones, vec),
+        "Div": (1.0 / vec, zeros),
+    }
+    m.values["s"], m.values["t"] = s_t[node.op_type]
