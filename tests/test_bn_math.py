@@ -133,3 +133,19 @@ def test_conv_transpose_scales_the_right_slices(group, cpg, opg, seed):
         expect[g * cpg:(g + 1) * cpg, j] *= s[o]
     np.testing.assert_array_equal(w2, expect)
     np.testing.assert_allclose(b2, b * s + t, rtol=1e-15)
+
+
+@settings(max_examples=150, deadline=None)
+@given(layers())
+def test_bn_folded_into_next_conv(p):
+    """conv(x*s + t, W) + b == conv(x, W') + b' for the grouped, unpadded 1-D conv."""
+    w = p["w"]
+    b = np.zeros(w.shape[0]) if p["b"] is None else p["b"]
+    c_in = w.shape[1] * p["group"]
+    rng = np.random.default_rng(int(abs(w).sum() * 1e6) % 2**32)
+    s, t = rng.uniform(-2, 2, c_in), rng.standard_normal(c_in)
+    x = rng.standard_normal((c_in, w.shape[2] + 4))
+    direct = conv1d(x * s[:, None] + t[:, None], w, b, p["group"])
+    w2, b2 = bn_math.fold_into_next_conv(w, p["b"], s, t, p["group"])
+    np.testing.assert_allclose(conv1d(x, w2, b2, p["group"]), direct, rtol=1e-9,
+                               atol=1e-9 * np.abs(direct).max())

@@ -10,7 +10,8 @@ from tests.builders import ops
 from tests.test_cli import digest, listing, run_cli
 
 RULES = ["Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
-         "Gemm+BatchNormalization", "MatMul+BatchNormalization", "ScaleLayer"]
+         "Gemm+BatchNormalization", "MatMul+BatchNormalization", "ScaleLayer",
+         "BatchNormalization+Conv"]
 
 
 def test_list_rules(capsys):

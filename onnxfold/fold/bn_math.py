@@ -100,6 +100,32 @@ def fold_gemm(
     return w_folded, beta * np.asarray(c, dtype=np.float64) * s + t
 
 
+def fold_into_next_conv(
+    weight: np.ndarray,
+    conv_bias: np.ndarray | None,
+    s: np.ndarray,
+    t: np.ndarray,
+    group: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """y*s+t per input channel, then Conv with weight [M, C/group, k...]: the folded pair.
+
+    Input channel c = g*(C/group) + j feeds output channels g*(M/group) ... (g+1)*(M/group)-1
+    through W[o, j]: W'[o, j] = W[o, j] * s[c]; b'[o] = b[o] + sum_{j,k} W[o, j, k] * t[c].
+    Exact only without padding (padded zeros would be shifted by t).
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    m, per_group, *k = w.shape
+    if s.shape != (per_group * group,) or m % group:
+        raise ValueError(f"scale has shape {s.shape}, weight {list(w.shape)} with group {group}")
+    g_of_o = np.arange(m) // (m // group)
+    idx = g_of_o[:, None] * per_group + np.arange(per_group)[None, :]  # [M, C/group] -> c
+    expand = (slice(None), slice(None)) + (None,) * len(k)
+    w_folded = w * s[idx][expand]
+    shift = (w * t[idx][expand]).reshape(m, -1).sum(axis=1)
+    b = np.zeros(m) if conv_bias is None else np.asarray(conv_bias, dtype=np.float64)
+    return w_folded, b + shift
+
+
 def _fold_bias(bias: np.ndarray | None, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     b = np.zeros(s.shape) if bias is None else np.asarray(bias, dtype=np.float64)
     return b * s + t

@@ -72,6 +72,7 @@ def fuse(
     result = FuseResult(out)
     selected = rules if rules is not None else all_rules()
     by_producer = _by_producer(selected)
+    forward = next((r for r in selected if r.name == "BatchNormalization+Conv"), None)
     # Scale layers fold with the producer's own rule, whichever BN rules were selected.
     scale_rules = _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
     g = GraphIndex(out)
@@ -85,7 +86,12 @@ def fuse(
         else:
             continue
         try:
-            fold = _fold_one(g, i, *attempt, keep)
+            try:
+                fold = _fold_one(g, i, *attempt, keep)
+            except Refused as e:
+                if e.code != "no-producer" or not forward or not _is_norm(node):
+                    raise
+                fold = _fold_forward(g, i, forward, keep, e)
             result.folded.append(fold)
         except Refused as e:
             result.refused.append(Refusal(_label(node), e.code, e.reason, node.op_type))
@@ -122,6 +128,23 @@ def _scale_slot(g: GraphIndex, node: onnx.NodeProto) -> int | None:
         p = g.producer.get(g.nodes[p].input[0])
     ok = p is not None and g.nodes[p].op_type in scale.PRODUCERS
     return 1 - c if ok else None
+
+
+def _fold_forward(
+    g: GraphIndex, i: int, rule: Rule, keep: set[str] | frozenset[str], no_producer: Refused
+) -> Fold:
+    """No layer before the BN can take it: fold it into the Conv that alone reads it, if any."""
+    bn = g.nodes[i]
+    uses = g.uses(bn.output[0])
+    if len(uses) != 1 or uses[0].slot != 0 or g.nodes[uses[0].node].op_type != "Conv":
+        raise no_producer
+    conv = g.nodes[uses[0].node]
+    if conv.name and conv.name in keep:
+        raise Refused("kept", f"{describe(bn)}: {describe(conv)} is kept (--keep)")
+    m = Match(norm=i, producer=uses[0].node, who=describe(bn))
+    rule.check(g, m)
+    label = _label(bn)
+    return Fold(rule.name, label, rule.rewrite(g, m), bn.op_type)
 
 
 def _is_norm(node: onnx.NodeProto) -> bool:

@@ -109,6 +109,7 @@ def store(g: GraphIndex, node: int, slot: int, array: np.ndarray, base: str) -> 
 
 
 def all_rules() -> list[Rule]:
+    from onnxfold.fold.rules.bn_conv import BatchNormConv
     from onnxfold.fold.rules.conv_bn import ConvBatchNorm
     from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
     from onnxfold.fold.rules.gemm_bn import GemmBatchNorm
@@ -116,4 +117,4 @@ def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.scale import ScaleLayer
 
     return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm(),
-            ScaleLayer()]
+            ScaleLayer(), BatchNormConv()]

@@ -55,6 +55,12 @@ def absorb_anchor(
     store(g, *(weight_at or (m.producer, 1)), w, "")
     store(g, *(bias_at or (m.producer, 2)), np.ascontiguousarray(b), f"{out}_bias")
     g.rename_output(m.chain_end, g.nodes[m.chain_end].output[0], out)
+    drop_anchor(g, m)
+
+
+def drop_anchor(g: GraphIndex, m: Match) -> None:
+    """Remove the anchor node and the constants of it that nothing else reads."""
+    anchor = g.nodes[m.norm]
     if anchor.op_type == "BatchNormalization":
         params = list(anchor.input[1:5])
     else:
