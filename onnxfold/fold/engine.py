@@ -1,4 +1,4 @@
-"""Apply the fold rules: every BatchNormalization ends up folded or refused with a reason."""
+"""Apply the fold rules: every BatchNormalization or scale layer is folded or refused, with why."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def fuse(
     rules: list[Rule] | None = None,
     keep: set[str] | frozenset[str] = frozenset(),
 ) -> FuseResult:
-    """Fold every foldable BatchNormalization; the argument is not modified.
+    """Fold every foldable BatchNormalization and scale layer; the argument is not modified.
 
     `keep`: names of nodes to leave alone (a normalization, or the layer it would fold into).
     """
