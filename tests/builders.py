@@ -229,3 +229,78 @@ def assert_refused(m: onnx.ModelProto, code: str, *needles: str):
     for needle in needles:
         assert needle in reason, reason
     return result.refused[0]
+
+
+def scale_model(layers, *, producer: str = "Conv", keep_bn: bool = False, dtype=np.float32,
+                **kw) -> onnx.ModelProto:
+    """producer [-> BN] -> (op, const shape, const on the left?) ... -> graph output."""
+    if producer == "Gemm":
+        m, x = gemm_bn_model(dtype=dtype, **kw), "gemm_out"
+    else:
+        m, x = conv_bn_model(op=producer, tail=None, dtype=dtype, **kw), "conv_out"
+    g = m.graph
+    bn = next(n for n in g.node if n.op_type == "BatchNormalization")
+    if keep_bn:
+        x = bn.output[0]
+    else:
+        g.node.remove(bn)
+        for t in [t for t in g.initializer if t.name.startswith("bn_")]:
+            g.initializer.remove(t)
+    for n in [n for n in g.node if n.op_type == "Relu"]:
+        g.node.remove(n)
+    rng = np.random.default_rng(5)
+    for k, (op, shape, left) in enumerate(layers):
+        c = rng.uniform(0.5, 1.5, shape) * rng.choice([-1, 1], shape) if op == "Mul" \
+            else rng.standard_normal(shape)
+        g.initializer.append(numpy_helper.from_array(np.asarray(c).astype(dtype), f"c{k}"))
+        g.node.append(helper.make_node(op, [f"c{k}", x] if left else [x, f"c{k}"], [f"s{k}"],
+                                       name=f"{op.lower()}{k}"))
+        x = f"s{k}"
+    g.output[0].name = x
+    return m
+
+
+def bn_conv_model(*, cin: int = 4, cout: int = 6, group: int = 1, k: int = 3, dims: int = 2,
+                  bias: bool = True, conv_attrs: dict | None = None) -> onnx.ModelProto:
+    """X -> BatchNormalization -> Conv -> Y (the pre-activation / data-BN shape)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(v.astype(np.float32), f"bn_{p}")
+             for p, v in bn_stats(rng, cin).items()]
+    w = rng.standard_normal((cout, cin // group, *[k] * dims)) * 0.3
+    inits.append(numpy_helper.from_array(w.astype(np.float32), "W"))
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
+    nodes = [
+        helper.make_node("BatchNormalization", ["X", "bn_scale", "bn_B", "bn_mean", "bn_var"],
+                         ["bn_out"], name="bn"),
+        helper.make_node("Conv", ["bn_out", "W"] + (["b"] if bias else []), ["Y"], name="conv",
+                         group=group, kernel_shape=[k] * dims, **(conv_attrs or {})),
+    ]
+    graph = helper.make_graph(
+        nodes, "bn_conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
+                                                         [1, cin, *[9] * dims])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [f"d{i}" for i in range(dims + 2)])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def between(m: onnx.ModelProto, *nodes: onnx.NodeProto, out_rank: int | None = None):
+    """Insert nodes between the Conv ('conv_out') and the BN; the last must write 'mid'."""
+    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
+    bn.input[0] = "mid"
+    i = list(m.graph.node).index(bn)
+    for k, n in enumerate(nodes):
+        m.graph.node.insert(i + k, n)
+    if out_rank is not None:
+        dims = m.graph.output[0].type.tensor_type.shape.dim
+        del dims[:]
+        for d in range(out_rank):
+            dims.add().dim_param = f"o{d}"
+    return m
+
+
+def axes_const(m: onnx.ModelProto, name: str, axes: list[int]) -> str:
+    """An int64 axes initializer for Squeeze/Unsqueeze (opset 13+)."""
+    m.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
+    return name

@@ -8,34 +8,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxfold
-from tests.builders import assert_refused, bn_stats, max_rel_error, ops
+from tests.builders import assert_refused, bn_conv_model, max_rel_error, ops
 
 FP32_TOL = 1e-5  # a correct fold reorders roundings only (measured <= 3e-7); see test_fold_conv
-
-
-def bn_conv_model(*, cin: int = 4, cout: int = 6, group: int = 1, k: int = 3, dims: int = 2,
-                  bias: bool = True, conv_attrs: dict | None = None) -> onnx.ModelProto:
-    """X -> BatchNormalization -> Conv -> Y (the pre-activation / data-BN shape)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(v.astype(np.float32), f"bn_{p}")
-             for p, v in bn_stats(rng, cin).items()]
-    w = rng.standard_normal((cout, cin // group, *[k] * dims)) * 0.3
-    inits.append(numpy_helper.from_array(w.astype(np.float32), "W"))
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
-    nodes = [
-        helper.make_node("BatchNormalization", ["X", "bn_scale", "bn_B", "bn_mean", "bn_var"],
-                         ["bn_out"], name="bn"),
-        helper.make_node("Conv", ["bn_out", "W"] + (["b"] if bias else []), ["Y"], name="conv",
-                         group=group, kernel_shape=[k] * dims, **(conv_attrs or {})),
-    ]
-    graph = helper.make_graph(
-        nodes, "bn_conv", [helper.make_tensor_value_info("X", TensorProto.FLOAT,
-                                                         [1, cin, *[9] * dims])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [f"d{i}" for i in range(dims + 2)])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 CASES = {

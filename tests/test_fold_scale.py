@@ -11,42 +11,12 @@ import onnxfold
 from onnxfold.fold.engine import select_rules
 from tests.builders import (
     assert_refused,
-    conv_bn_model,
-    gemm_bn_model,
     max_rel_error,
     ops,
+    scale_model,
 )
 
 FP32_TOL = 1e-5  # a correct fold reorders roundings only (measured <= 3e-7); see test_fold_conv
-
-
-def scale_model(layers, *, producer: str = "Conv", keep_bn: bool = False, dtype=np.float32,
-                **kw) -> onnx.ModelProto:
-    """producer [-> BN] -> (op, const shape, const on the left?) ... -> graph output."""
-    if producer == "Gemm":
-        m, x = gemm_bn_model(dtype=dtype, **kw), "gemm_out"
-    else:
-        m, x = conv_bn_model(op=producer, tail=None, dtype=dtype, **kw), "conv_out"
-    g = m.graph
-    bn = next(n for n in g.node if n.op_type == "BatchNormalization")
-    if keep_bn:
-        x = bn.output[0]
-    else:
-        g.node.remove(bn)
-        for t in [t for t in g.initializer if t.name.startswith("bn_")]:
-            g.initializer.remove(t)
-    for n in [n for n in g.node if n.op_type == "Relu"]:
-        g.node.remove(n)
-    rng = np.random.default_rng(5)
-    for k, (op, shape, left) in enumerate(layers):
-        c = rng.uniform(0.5, 1.5, shape) * rng.choice([-1, 1], shape) if op == "Mul" \
-            else rng.standard_normal(shape)
-        g.initializer.append(numpy_helper.from_array(np.asarray(c).astype(dtype), f"c{k}"))
-        g.node.append(helper.make_node(op, [f"c{k}", x] if left else [x, f"c{k}"], [f"s{k}"],
-                                       name=f"{op.lower()}{k}"))
-        x = f"s{k}"
-    g.output[0].name = x
-    return m
 
 
 def folds(m: onnx.ModelProto, n: int, tol: float = FP32_TOL):

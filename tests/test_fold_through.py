@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 import onnxfold
-from tests.builders import assert_refused, conv_bn_model, max_rel_error, ops
+from tests.builders import (
+    assert_refused,
+    axes_const,
+    between,
+    conv_bn_model,
+    max_rel_error,
+    ops,
+)
 
 FP32_TOL = 1e-5  # a correct fold reorders roundings only (measured <= 3e-7); see test_fold_conv
-
-
-def between(m: onnx.ModelProto, *nodes: onnx.NodeProto, out_rank: int | None = None):
-    """Insert nodes between the Conv ('conv_out') and the BN; the last must write 'mid'."""
-    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
-    bn.input[0] = "mid"
-    i = list(m.graph.node).index(bn)
-    for k, n in enumerate(nodes):
-        m.graph.node.insert(i + k, n)
-    if out_rank is not None:
-        dims = m.graph.output[0].type.tensor_type.shape.dim
-        del dims[:]
-        for d in range(out_rank):
-            dims.add().dim_param = f"o{d}"
-    return m
-
-
-def _axes(m: onnx.ModelProto, name: str, axes: list[int]) -> str:
-    m.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
-    return name
 
 
 def folds_through(m: onnx.ModelProto, kept: list[str]):
@@ -60,9 +46,9 @@ def test_two_identities():
 def test_conv1d_unsqueeze_then_bn(axes):
     """PaddleOCR-style: Conv1D (N, C, L) -> Unsqueeze -> (N, C, 1, L) -> BN."""
     m = conv_bn_model(dims=1)
-    m = between(m, helper.make_node("Unsqueeze", ["conv_out", _axes(m, "ax", axes)], ["mid"],
-                                    name="unsq"), out_rank=4)
-    folds_through(m, ["Unsqueeze"])
+    unsq = helper.make_node("Unsqueeze", ["conv_out", axes_const(m, "ax", axes)], ["mid"],
+                            name="unsq")
+    folds_through(between(m, unsq, out_rank=4), ["Unsqueeze"])
 
 
 def test_unsqueeze_attribute_opset11():
@@ -74,15 +60,16 @@ def test_unsqueeze_attribute_opset11():
 def test_squeeze_axis3():
     m = conv_bn_model()
     m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 1  # (1, 4, 9, 1), pads keep W=1
-    m = between(m, helper.make_node("Squeeze", ["conv_out", _axes(m, "ax", [-1])], ["mid"]),
-                out_rank=3)
+    sq = helper.make_node("Squeeze", ["conv_out", axes_const(m, "ax", [-1])], ["mid"])
+    m = between(m, sq, out_rank=3)
     folds_through(m, ["Squeeze"])
 
 
 def test_unsqueeze_moving_channels_refused():
     m = conv_bn_model(dims=1)
-    m = between(m, helper.make_node("Unsqueeze", ["conv_out", _axes(m, "ax", [1])], ["mid"],
-                                    name="unsq"), out_rank=4)
+    unsq = helper.make_node("Unsqueeze", ["conv_out", axes_const(m, "ax", [1])], ["mid"],
+                            name="unsq")
+    m = between(m, unsq, out_rank=4)
     assert_refused(m, "channel-axis", "Unsqueeze 'unsq' with axes [1] moves the channel axis")
 
 
