@@ -1,0 +1,182 @@
+"""Writes tests/corpus/: one small model per fold or refusal case, and manifest.json.
+
+Every entry exercises a different producer row or attribute (not reseeded copies) and states
+its expected outcome: the rules that fold it, or the refusal code. test_corpus.py regenerates
+every model and checks the stored bytes and the outcome; benchmarks can use the files as they are.
+
+Usage (from the repository root): python -m tests.corpus.make_corpus
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.builders import (
+    axes_const,
+    between,
+    bn_conv_model,
+    conv_bn_model,
+    gemm_bn_model,
+    matmul_bn_model,
+    scale_model,
+)
+
+HERE = Path(__file__).resolve().parent
+C, CT, G, MM = ("Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
+                "Gemm+BatchNormalization", "MatMul+BatchNormalization")
+S, F = "ScaleLayer", "BatchNormalization+Conv"
+
+
+def _graph_output(m, name, rank=4):
+    m.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                        [f"g{i}" for i in range(rank)]))
+    return m
+
+
+def _overridable(m, name):
+    t = next(t for t in m.graph.initializer if t.name == name)
+    m.graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+    return m
+
+
+def _set(m, name, value):
+    t = next(t for t in m.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(np.asarray(value, dtype=value.dtype), name))
+    return m
+
+
+def _unsqueeze(m, axes):
+    return between(m, helper.make_node("Unsqueeze", ["conv_out", axes_const(m, "ax", axes)],
+                                       ["mid"], name="unsq"), out_rank=4)
+
+
+def _bn_training_outputs(m):
+    m.graph.node[1].output.extend(["rm", "rv", "sm", "sv"])
+    return m
+
+
+def _var(m, channel, value):
+    v = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "bn_var")).copy()
+    v[channel] = value
+    return _set(m, "bn_var", v)
+
+
+# name -> (what it shows, model factory, expected: list of fold rules, or a refusal code)
+ENTRIES = {
+    "conv2d": ("Conv 3x3 with bias", lambda: conv_bn_model(), [C]),
+    "conv-no-bias": ("Conv gains a bias", lambda: conv_bn_model(bias=False), [C]),
+    "conv1d": ("1-D Conv", lambda: conv_bn_model(dims=1), [C]),
+    "conv3d": ("3-D Conv", lambda: conv_bn_model(dims=3, size=5), [C]),
+    "conv-group2": ("grouped Conv", lambda: conv_bn_model(group=2), [C]),
+    "conv-depthwise": ("depthwise Conv", lambda: conv_bn_model(cin=6, cout=6, group=6), [C]),
+    "conv-stride-dilation": ("strides 2, dilations 2", lambda: conv_bn_model(
+        conv_attrs={"strides": [2, 2], "dilations": [2, 2], "pads": [2, 2, 2, 2]}), [C]),
+    "conv-auto-pad": ("auto_pad SAME_UPPER", lambda: conv_bn_model(
+        conv_attrs={"auto_pad": "SAME_UPPER", "strides": [2, 2]}), [C]),
+    "conv-constant-nodes": ("weights in Constant nodes (Paddle)",
+                            lambda: conv_bn_model(constant_nodes=True), [C]),
+    "conv-fp16": ("float16 model", lambda: conv_bn_model(dtype=np.float16), [C]),
+    "conv-fp16-fp32-params": ("opset 15 BN: fp16 input, fp32 parameters", lambda: conv_bn_model(
+        dtype=np.float16, param_dtype=np.float32, opset=15), [C]),
+    "conv-opset7": ("BN opset 7 (spatial=1 default)", lambda: conv_bn_model(opset=7), [C]),
+    "conv-ir3": ("IR 3: initializers are graph inputs",
+                 lambda: conv_bn_model(ir=3, opset=8, bias=False), [C]),
+    "conv-bn-bn": ("Conv -> BN -> BN", lambda: scale_model([], keep_bn=True), [C]),
+    "refuse-conv-output-shared": ("Conv output is also a graph output", lambda: _graph_output(
+        conv_bn_model(), "conv_out"), "shared-output"),
+    "refuse-overridable-var": ("BN var is an overridable initializer",
+                               lambda: _overridable(conv_bn_model(), "bn_var"), "not-constant"),
+    "refuse-training-mode": ("training_mode=1", lambda: conv_bn_model(
+        opset=14, bn_attrs={"training_mode": 1}), "training-mode"),
+    "refuse-training-outputs": ("opset 9 BN with 5 outputs (training mode by the spec)",
+                                lambda: _bn_training_outputs(conv_bn_model(opset=9)),
+                                "training-mode"),
+    "refuse-spatial0": ("opset 7 BN with spatial=0", lambda: conv_bn_model(
+        opset=7, bn_attrs={"spatial": 0}), "spatial-0"),
+    "refuse-negative-var": ("var + eps < 0", lambda: _var(conv_bn_model(), 2, -1.0),
+                            "not-finite"),
+    "refuse-fp16-overflow": ("folded fp16 weights above 65504", lambda: _set(_set(
+        conv_bn_model(dtype=np.float16), "bn_scale", np.full(6, 1000, np.float16)),
+        "bn_var", np.full(6, 1e-6, np.float16)), "overflow"),
+    "refuse-channel-mismatch": ("BN sized 7 after a 6-channel Conv", lambda: _set(_set(_set(_set(
+        conv_bn_model(), "bn_scale", np.ones(7, np.float32)), "bn_B", np.ones(7, np.float32)),
+        "bn_mean", np.ones(7, np.float32)), "bn_var", np.ones(7, np.float32)),
+        "channel-mismatch"),
+    "convtranspose-group2": ("grouped ConvTranspose", lambda: conv_bn_model(
+        op="ConvTranspose", group=2), [CT]),
+    "convtranspose-depthwise": ("depthwise ConvTranspose", lambda: conv_bn_model(
+        op="ConvTranspose", cin=6, cout=6, group=6), [CT]),
+    "convtranspose-output-padding": ("output_padding, strides 2", lambda: conv_bn_model(
+        op="ConvTranspose", bias=False,
+        conv_attrs={"strides": [2, 2], "output_padding": [1, 1], "pads": [1, 1, 1, 1]}), [CT]),
+    "refuse-convtranspose-shared": ("ConvTranspose output is a graph output", lambda: _graph_output(
+        conv_bn_model(op="ConvTranspose"), "conv_out"), "shared-output"),
+    "gemm": ("Gemm with C [N]", lambda: gemm_bn_model(), [G]),
+    "gemm-transb-alpha-beta": ("transB, alpha, beta", lambda: gemm_bn_model(
+        trans_b=1, alpha=0.5, beta=2.0), [G]),
+    "gemm-no-c": ("Gemm without C", lambda: gemm_bn_model(c_shape=None), [G]),
+    "gemm-c-mx1": ("C of shape [M, 1] becomes [M, N]", lambda: gemm_bn_model(c_shape=(3, 1)),
+                   [G]),
+    "refuse-gemm-weight-input": ("Gemm B is an overridable initializer",
+                                 lambda: _overridable(gemm_bn_model(), "Bw"), "not-constant"),
+    "matmul": ("MatMul alone becomes Gemm", lambda: matmul_bn_model(), [MM]),
+    "matmul-add": ("MatMul -> Add(const)", lambda: matmul_bn_model(add="right"), [MM]),
+    "matmul-add-left": ("MatMul -> Add(const, x)", lambda: matmul_bn_model(add="left"), [MM]),
+    "refuse-matmul-3d": ("(N, T, C) MatMul: BN normalizes T", lambda: matmul_bn_model(rank=3),
+                         "channel-axis"),
+    "refuse-matmul-unknown-rank": ("MatMul input of unknown rank", lambda: matmul_bn_model(
+        declare_rank=False), "channel-axis"),
+    "through-identity": ("Conv -> Identity -> BN", lambda: between(conv_bn_model(),
+        helper.make_node("Identity", ["conv_out"], ["mid"])), [C]),
+    "through-unsqueeze": ("Conv1D -> Unsqueeze(2) -> BN (PaddleOCR)",
+                          lambda: _unsqueeze(conv_bn_model(dims=1), [2]), [C]),
+    "refuse-unsqueeze-axis1": ("Unsqueeze(1) moves the channel axis",
+                               lambda: _unsqueeze(conv_bn_model(dims=1), [1]), "channel-axis"),
+    "scale-caffe": ("Caffe BatchNorm+Scale: Conv -> Mul -> Add", lambda: scale_model(
+        [("Mul", (6, 1, 1), False), ("Add", (6, 1, 1), False)]), [S, S]),
+    "scale-const-left-scalar": ("Mul(c, x) with a scalar c", lambda: scale_model(
+        [("Mul", (), True)]), [S]),
+    "scale-gemm": ("Gemm -> Mul[C] -> Add[1, C]", lambda: scale_model(
+        [("Mul", (6,), False), ("Add", (1, 6), True)], producer="Gemm"), [S, S]),
+    "scale-convtranspose": ("ConvTranspose -> Mul -> Add", lambda: scale_model(
+        [("Mul", (6, 1, 1), False), ("Add", (6, 1, 1), False)], producer="ConvTranspose"),
+        [S, S]),
+    "decomposed-bn": ("(x - mean) / d + B after Conv", lambda: scale_model(
+        [("Sub", (6, 1, 1), False), ("Div", (6, 1, 1), False), ("Add", (6, 1, 1), False)]),
+        [S, S, S]),
+    "refuse-scale-spatial": ("Mul constant varies spatially", lambda: scale_model(
+        [("Mul", (1, 6, 9, 9), False)]), "not-per-channel"),
+    "refuse-scale-batch": ("Add constant varies along the batch axis", lambda: scale_model(
+        [("Add", (2, 6, 1, 1), False)]), "broadcast-shape"),
+    "bn-conv": ("BN -> Conv without padding", lambda: bn_conv_model(), [F]),
+    "bn-conv-group2": ("BN -> grouped Conv", lambda: bn_conv_model(group=2), [F]),
+    "refuse-bn-conv-padded": ("BN -> Conv with pads", lambda: bn_conv_model(
+        conv_attrs={"pads": [1, 1, 1, 1]}), "padding"),
+}
+
+
+def manifest() -> dict:
+    return {
+        name: {"what": what, **({"fold": exp} if isinstance(exp, list) else {"refuse": exp})}
+        for name, (what, _, exp) in sorted(ENTRIES.items())
+    }
+
+
+def build(name: str) -> bytes:
+    return ENTRIES[name][1]().SerializeToString(deterministic=True)
+
+
+def main() -> int:
+    for name in sorted(ENTRIES):
+        (HERE / f"{name}.onnx").write_bytes(build(name))
+    (HERE / "manifest.json").write_text(json.dumps(manifest(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(ENTRIES)} models to {HERE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
