@@ -16,6 +16,17 @@ import onnx
 from onnx import AttributeProto, numpy_helper
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+# Elementwise float ops a constant may be computed with (evaluated in the tensor's own dtype).
+CONST_OPS = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Sqrt": np.sqrt,
+    "Reciprocal": np.reciprocal,
+    "Neg": np.negative,
+    "Identity": np.array,
+}
 
 
 class Use(NamedTuple):
@@ -115,6 +126,7 @@ class GraphIndex:
         self.initializers = {t.name: t for t in self.graph.initializer}
         self._names: set[str] | None = None
         self._ranks: dict[str, int] | None = None
+        self._computed: dict[str, np.ndarray] = {}  # values of computed constants
         self._removed_nodes: set[int] = set()
         self._dropped: set[str] = set()  # names whose initializer / value_info go away
         self._renamed: dict[str, str] = {}  # old tensor name -> new, for value_info
@@ -166,13 +178,39 @@ class GraphIndex:
             if kinds & {"value", "value_float", "value_floats"}:
                 return None
             return f"'{name}' is a Constant with a {'/'.join(sorted(kinds))} value"
+        if self._computed_constant(n):
+            return None
         return f"'{name}' is computed by {describe(n)}"
+
+    def _computed_constant(self, n: onnx.NodeProto) -> bool:
+        """Is n an elementwise float op over constants, e.g. Sqrt(Add(var, eps)) in a BN that an
+        exporter decomposed? Checked recursively over its inputs."""
+        if n.op_type not in CONST_OPS or n.domain not in DEFAULT_DOMAINS or len(n.output) != 1:
+            return False
+        if not n.input or not all(n.input):
+            return False
+        return all(
+            self.why_not_constant(x) is None and self.value(x).dtype.kind == "f" for x in n.input
+        )
+
+    def is_stored(self, name: str) -> bool:
+        """Is the constant stored as a tensor (initializer or Constant node) we may rewrite?"""
+        if name in self.initializers:
+            return True
+        i = self.producer.get(name)
+        return i is not None and self.nodes[i].op_type == "Constant"
 
     def value(self, name: str) -> np.ndarray:
         """The value of a constant (check why_not_constant first)."""
         if name in self.initializers:
             return numpy_helper.to_array(self.initializers[name])
         n = self.nodes[self.producer[name]]
+        if n.op_type in CONST_OPS:
+            if name not in self._computed:
+                # numpy's float ops are IEEE correctly rounded, as onnxruntime's are: same bits.
+                args = (self.value(x) for x in n.input)
+                self._computed[name] = np.asarray(CONST_OPS[n.op_type](*args))
+            return self._computed[name]
         for a in n.attribute:
             if a.name == "value":
                 return numpy_helper.to_array(a.t)
@@ -283,8 +321,14 @@ class GraphIndex:
             self._dropped.add(name)
         elif name in self.producer:
             i = self.producer[name]
-            if self.nodes[i].op_type == "Constant":
+            n = self.nodes[i]
+            if n.op_type == "Constant":
                 self.remove_node(i)
+            elif n.op_type in CONST_OPS and i not in self._removed_nodes:
+                inputs = list(n.input)
+                self.remove_node(i)  # a computed constant nothing reads: so may be its inputs
+                for x in inputs:
+                    self.drop_if_unused(x)
 
     def commit(self) -> None:
         """Write the edits back into the GraphProto, keeping the order of everything kept."""

@@ -140,3 +140,25 @@ def test_constant_divided_by_layer_is_not_a_scale_layer():
     m = scale_model([("Div", (6, 1, 1), True)])  # c / conv_out
     result = onnxfold.fuse(m)
     assert result.folded == [] and result.refused == []
+
+
+def test_decomposed_bn_with_runtime_sqrt():
+    """tf2onnx-style, not constant-folded: (x - mean) / Sqrt(var + eps) * gamma + beta."""
+    m = scale_model([("Sub", (6, 1, 1), False)])
+    g = m.graph
+    rng = np.random.default_rng(9)
+    for name, v in (("var", rng.uniform(1e-6, 2, (6, 1, 1))), ("eps", np.array(1e-3)),
+                    ("gamma", rng.uniform(0.7, 1.3, (6, 1, 1))),
+                    ("beta", rng.standard_normal((6, 1, 1)))):
+        g.initializer.append(numpy_helper.from_array(v.astype(np.float32), name))
+    g.node.extend([
+        helper.make_node("Add", ["var", "eps"], ["ve"], name="add_eps"),
+        helper.make_node("Sqrt", ["ve"], ["sd"], name="sqrt"),
+        helper.make_node("Div", ["s0", "sd"], ["n"], name="div"),
+        helper.make_node("Mul", ["n", "gamma"], ["ng"], name="mul"),
+        helper.make_node("Add", ["ng", "beta"], ["y"], name="add"),
+    ])
+    g.output[0].name = "y"
+    result = folds(m, 4)
+    assert ops(result.model) == {"Conv": 1}  # the Sqrt(Add(var, eps)) chain is gone too
+    assert {t.name for t in result.model.graph.initializer} == {"W", "b"}

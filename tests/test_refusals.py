@@ -67,9 +67,22 @@ def test_overridable_initializer(name):
 
 def test_bias_computed():
     m = conv_bn_model()
-    m.graph.node.insert(0, helper.make_node("Identity", ["b_raw"], ["b"], name="idb"))
+    m.graph.node.insert(0, helper.make_node("Abs", ["b_raw"], ["b"], name="absb"))
     _init(m, "b").name = "b_raw"
-    refused(m, "not-constant", "the bias of Conv 'conv'", "computed by Identity 'idb'")
+    refused(m, "not-constant", "the bias of Conv 'conv'", "computed by Abs 'absb'")
+
+
+def test_bias_computed_from_constants_folds():
+    """Identity/Neg/... of constants is a constant: folded, and the dead chain removed."""
+    m = conv_bn_model()
+    m.graph.node.insert(0, helper.make_node("Neg", ["b_raw"], ["b"], name="negb"))
+    _init(m, "b").name = "b_raw"
+    result = onnxfold.fuse(m)
+    assert len(result.folded) == 1
+    assert ops(result.model) == {"Conv": 1, "Relu": 1}
+    assert "b_raw" not in {t.name for t in result.model.graph.initializer}
+    onnx.checker.check_model(result.model, full_check=True)
+    assert max_rel_error(m, result.model) <= 1e-5
 
 
 def test_bn_param_computed():

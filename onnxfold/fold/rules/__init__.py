@@ -98,14 +98,16 @@ def constant_input(
 
 
 def store(g: GraphIndex, node: int, slot: int, array: np.ndarray, base: str) -> None:
-    """Give input `slot` of `node` a new value: in place if only it reads it, else as a new
-    initializer (named from `base`, never clashing), so no other reader sees the change."""
+    """Give input `slot` of `node` a new value: in place if it is a stored tensor only it reads,
+    else as a new initializer (named from `base`, never clashing), so no other reader sees the
+    change."""
     n = g.nodes[node]
     name = n.input[slot] if len(n.input) > slot else ""
-    if not name or g.is_used_outside(name, node, slot):
-        g.set_input(node, slot, g.add_initializer(f"{name}_folded" if name else base, array))
-    else:
+    if name and g.is_stored(name) and not g.is_used_outside(name, node, slot):
         g.set_value(name, array)
+        return
+    g.set_input(node, slot, g.add_initializer(f"{name}_folded" if name else base, array))
+    g.drop_if_unused(name)  # e.g. a computed constant this node alone read
 
 
 def all_rules() -> list[Rule]:
