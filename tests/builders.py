@@ -304,3 +304,30 @@ def axes_const(m: onnx.ModelProto, name: str, axes: list[int]) -> str:
     """An int64 axes initializer for Squeeze/Unsqueeze (opset 13+)."""
     m.graph.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), name))
     return name
+
+
+def bn_gemm_model(*, k: int = 5, n: int = 6, trans_a: int = 0, trans_b: int = 0,
+                  alpha: float = 1.0, beta: float = 1.0,
+                  c_shape: tuple[int, ...] | None = (6,)) -> onnx.ModelProto:
+    """A (3, k) -> BatchNormalization over k channels -> Gemm -> Y (3, n)."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(v.astype(np.float32), f"bn_{p}")
+             for p, v in bn_stats(rng, k).items()]
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    inits.append(numpy_helper.from_array(b, "Bw"))
+    inputs = ["bn_out", "Bw"]
+    if c_shape is not None:
+        inits.append(numpy_helper.from_array(rng.standard_normal(c_shape).astype(np.float32), "C"))
+        inputs.append("C")
+    a_shape = [k, 3] if trans_a else [3, k]
+    nodes = [
+        helper.make_node("BatchNormalization", ["A", "bn_scale", "bn_B", "bn_mean", "bn_var"],
+                         ["bn_out"], name="bn"),
+        helper.make_node("Gemm", inputs, ["Y"], name="gemm", transA=trans_a, transB=trans_b,
+                         alpha=alpha, beta=beta),
+    ]
+    graph = helper.make_graph(
+        nodes, "bn_gemm", [helper.make_tensor_value_info("A", TensorProto.FLOAT, a_shape)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["m", "n"])], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)

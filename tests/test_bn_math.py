@@ -149,3 +149,20 @@ def test_bn_folded_into_next_conv(p):
     w2, b2 = bn_math.fold_into_next_conv(w, p["b"], s, t, p["group"])
     np.testing.assert_allclose(conv1d(x, w2, b2, p["group"]), direct, rtol=1e-9,
                                atol=1e-9 * np.abs(direct).max())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 5), st.booleans(), st.sampled_from([None, (), (1,), "N"]),
+       st.integers(0, 2**32 - 1))
+def test_bn_folded_into_next_gemm(k, n, trans_b, c_kind, seed):
+    """alpha*(A*s + t) @ B' + beta*C == alpha*A @ B'' + C'' (beta 1), directly in float64."""
+    rng = np.random.default_rng(seed)
+    a, s, t = rng.standard_normal((3, k)), rng.uniform(-2, 2, k), rng.standard_normal(k)
+    w = rng.standard_normal((n, k) if trans_b else (k, n))
+    c = None if c_kind is None else rng.standard_normal((n,) if c_kind == "N" else c_kind)
+    alpha, beta = rng.uniform(0.5, 2), rng.uniform(0.5, 2)
+    b_mat = w.T if trans_b else w
+    direct = alpha * (a * s + t) @ b_mat + (0 if c is None else beta * c)
+    w2, c2 = bn_math.fold_into_next_gemm(w, c, s, t, trans_b, alpha, beta)
+    got = alpha * a @ (w2.T if trans_b else w2) + c2
+    np.testing.assert_allclose(got, direct, rtol=1e-10, atol=1e-10 * np.abs(direct).max())

@@ -11,7 +11,7 @@ from tests.test_cli import digest, listing, run_cli
 
 RULES = ["Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
          "Gemm+BatchNormalization", "MatMul+BatchNormalization", "ScaleLayer",
-         "BatchNormalization+Conv"]
+         "BatchNormalization+Conv", "BatchNormalization+Gemm"]
 
 
 def test_list_rules(capsys):

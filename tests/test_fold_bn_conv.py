@@ -1,4 +1,4 @@
-"""BatchNormalization -> Conv: folded forward into the input channels, only without padding."""
+"""BatchNormalization -> Conv / Gemm: folded forward into the layer that reads it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxfold
-from tests.builders import assert_refused, bn_conv_model, max_rel_error, ops
+from tests.builders import assert_refused, bn_conv_model, bn_gemm_model, max_rel_error, ops
 
 FP32_TOL = 1e-5  # a correct fold reorders roundings only (measured <= 3e-7); see test_fold_conv
 
@@ -79,3 +79,30 @@ def test_backward_fold_preferred():
     assert [(f.rule, f.into) for f in result.folded] == [("Conv+BatchNormalization",
                                                           "Conv 'conv0'")]
     assert max_rel_error(m, result.model) <= FP32_TOL
+
+
+GEMM_CASES = {
+    "plain": {},
+    "transB": {"trans_b": 1},
+    "alpha-beta": {"alpha": 0.5, "beta": 2.0},
+    "no-C": {"c_shape": None},
+    "C-MxN": {"c_shape": (3, 6), "trans_b": 1},
+}
+
+
+@pytest.mark.parametrize("kw", GEMM_CASES.values(), ids=GEMM_CASES.keys())
+def test_fold_bn_into_next_gemm(kw):
+    m = bn_gemm_model(**kw)
+    result = onnxfold.fuse(m)
+    assert [r.reason for r in result.refused] == []
+    assert [f.rule for f in result.folded] == ["BatchNormalization+Gemm"]
+    assert ops(result.model) == {"Gemm": 1}
+    gemm = result.model.graph.node[0]
+    assert gemm.input[0] == "A" and len(gemm.input) == 3
+    onnx.checker.check_model(result.model, full_check=True)
+    assert max_rel_error(m, result.model) <= FP32_TOL
+
+
+def test_refuse_bn_gemm_trans_a():
+    """transA=1: the BN's channels become the rows of Y, not columns of B."""
+    assert_refused(bn_gemm_model(trans_a=1, k=3), "channel-axis", "has transA=1")

@@ -126,6 +126,31 @@ def fold_into_next_conv(
     return w_folded, b + shift
 
 
+def fold_into_next_gemm(
+    weight: np.ndarray,
+    c: np.ndarray | None,
+    s: np.ndarray,
+    t: np.ndarray,
+    trans_b: bool,
+    alpha: float,
+    beta: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """y*s+t per column of A, then Gemm alpha*A*B' + beta*C (transA = 0): the folded B and C.
+
+    alpha*(A*s + t)*B' = alpha*A*(diag(s)*B') + alpha*(t*B'): B's K axis is scaled by s and the
+    new C (used with beta = 1) is beta*C + alpha*(t @ B').
+    """
+    w = np.asarray(weight, dtype=np.float64)
+    b_mat = w.T if trans_b else w  # B' of shape (K, N)
+    if w.ndim != 2 or s.shape != (b_mat.shape[0],):
+        raise ValueError(f"scale has shape {s.shape}, Gemm weight {list(w.shape)}")
+    w_folded = w * (s[None, :] if trans_b else s[:, None])
+    shift = alpha * (t @ b_mat)
+    if c is None:
+        return w_folded, shift
+    return w_folded, beta * np.asarray(c, dtype=np.float64) + shift
+
+
 def _fold_bias(bias: np.ndarray | None, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     b = np.zeros(s.shape) if bias is None else np.asarray(bias, dtype=np.float64)
     return b * s + t

@@ -72,7 +72,8 @@ def fuse(
     result = FuseResult(out)
     selected = rules if rules is not None else all_rules()
     by_producer = _by_producer(selected)
-    forward = next((r for r in selected if r.name == "BatchNormalization+Conv"), None)
+    # Rules that fold a BN forward into the layer reading it, by that layer's op type.
+    forward = {op: r for r in selected for op in getattr(r, "consumers", ())}
     # Scale layers fold with the producer's own rule, whichever BN rules were selected.
     scale_rules = _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
     g = GraphIndex(out)
@@ -131,12 +132,17 @@ def _scale_slot(g: GraphIndex, node: onnx.NodeProto) -> int | None:
 
 
 def _fold_forward(
-    g: GraphIndex, i: int, rule: Rule, keep: set[str] | frozenset[str], no_producer: Refused
+    g: GraphIndex,
+    i: int,
+    forward: dict[str, Rule],
+    keep: set[str] | frozenset[str],
+    no_producer: Refused,
 ) -> Fold:
-    """No layer before the BN can take it: fold it into the Conv that alone reads it, if any."""
+    """No layer before the BN can take it: fold it into the layer that alone reads it, if any."""
     bn = g.nodes[i]
     uses = g.uses(bn.output[0])
-    if len(uses) != 1 or uses[0].slot != 0 or g.nodes[uses[0].node].op_type != "Conv":
+    rule = forward.get(g.nodes[uses[0].node].op_type) if len(uses) == 1 else None
+    if rule is None or uses[0].slot != 0:
         raise no_producer
     conv = g.nodes[uses[0].node]
     if conv.name and conv.name in keep:

@@ -19,6 +19,7 @@ from tests.builders import (
     axes_const,
     between,
     bn_conv_model,
+    bn_gemm_model,
     conv_bn_model,
     gemm_bn_model,
     matmul_bn_model,
@@ -28,7 +29,7 @@ from tests.builders import (
 HERE = Path(__file__).resolve().parent
 C, CT, G, MM = ("Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
                 "Gemm+BatchNormalization", "MatMul+BatchNormalization")
-S, F = "ScaleLayer", "BatchNormalization+Conv"
+S, F, FG = "ScaleLayer", "BatchNormalization+Conv", "BatchNormalization+Gemm"
 
 
 def _graph_output(m, name, rank=4):
@@ -56,6 +57,20 @@ def _unsqueeze(m, axes):
 
 def _bn_training_outputs(m):
     m.graph.node[1].output.extend(["rm", "rv", "sm", "sv"])
+    return m
+
+
+def _zero_div(m):
+    c = next(t for t in m.graph.initializer if t.name == "c0")
+    v = numpy_helper.to_array(c).copy()
+    v[3] = 0
+    c.CopyFrom(numpy_helper.from_array(v, "c0"))
+    return m
+
+
+def _f64_const(m):
+    c = next(t for t in m.graph.initializer if t.name == "c0")
+    c.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(c).astype(np.float64), "c0"))
     return m
 
 
@@ -148,6 +163,8 @@ ENTRIES = {
     "decomposed-bn": ("(x - mean) / d + B after Conv", lambda: scale_model(
         [("Sub", (6, 1, 1), False), ("Div", (6, 1, 1), False), ("Add", (6, 1, 1), False)]),
         [S, S, S]),
+    "refuse-decomposed-div-zero": ("x / d with a zero in d", lambda: _zero_div(
+        scale_model([("Div", (6, 1, 1), False)])), "not-finite"),
     "refuse-scale-spatial": ("Mul constant varies spatially", lambda: scale_model(
         [("Mul", (1, 6, 9, 9), False)]), "not-per-channel"),
     "refuse-scale-batch": ("Add constant varies along the batch axis", lambda: scale_model(
@@ -156,6 +173,12 @@ ENTRIES = {
     "bn-conv-group2": ("BN -> grouped Conv", lambda: bn_conv_model(group=2), [F]),
     "refuse-bn-conv-padded": ("BN -> Conv with pads", lambda: bn_conv_model(
         conv_attrs={"pads": [1, 1, 1, 1]}), "padding"),
+    "bn-gemm": ("BN on (N, K) -> Gemm, transB, alpha, beta", lambda: bn_gemm_model(
+        trans_b=1, alpha=0.5, beta=2.0), [FG]),
+    "refuse-bn-gemm-trans-a": ("BN -> Gemm with transA=1", lambda: bn_gemm_model(
+        trans_a=1, k=3), "channel-axis"),
+    "refuse-scale-dtype": ("Mul by a float64 constant after a float32 Conv", lambda: _f64_const(
+        scale_model([("Mul", (6, 1, 1), False)])), "broadcast-dtype"),
 }
 
 

@@ -75,6 +75,18 @@ def exclusive_producer(g: GraphIndex, m: Match) -> None:
             )
 
 
+def exclusive_follower(g: GraphIndex, m: Match) -> None:
+    """For forward folds: the layer after the BN (m.producer) is a default-domain op and the
+    only reader of the BN's output."""
+    layer, who = g.nodes[m.producer], m.who
+    if layer.domain not in DEFAULT_DOMAINS:
+        raise Refused("not-foldable", f"{who}: {describe(layer)} is in domain '{layer.domain}'")
+    out = g.nodes[m.norm].output[0]
+    if g.is_used_outside(out, m.producer, 0):
+        raise Refused("shared-output", f"{who}: its output '{out}' is needed unfolded: "
+                                       f"{g.other_user(out, m.producer, 0)}")
+
+
 def constant_input(
     g: GraphIndex, m: Match, slot: int, what: str, node: int | None = None
 ) -> np.ndarray | None:
@@ -112,6 +124,7 @@ def store(g: GraphIndex, node: int, slot: int, array: np.ndarray, base: str) -> 
 
 def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.bn_conv import BatchNormConv
+    from onnxfold.fold.rules.bn_gemm import BatchNormGemm
     from onnxfold.fold.rules.conv_bn import ConvBatchNorm
     from onnxfold.fold.rules.convtranspose_bn import ConvTransposeBatchNorm
     from onnxfold.fold.rules.gemm_bn import GemmBatchNorm
@@ -119,4 +132,4 @@ def all_rules() -> list[Rule]:
     from onnxfold.fold.rules.scale import ScaleLayer
 
     return [ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm(),
-            ScaleLayer(), BatchNormConv()]
+            ScaleLayer(), BatchNormConv(), BatchNormGemm()]

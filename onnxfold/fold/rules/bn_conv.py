@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, constant_input, store
+from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_follower, store
 from onnxfold.fold.rules.anchor import check_anchor, drop_anchor, folded_values
-from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, attrs, describe
+from onnxfold.graph import GraphIndex, attrs, describe
 
 
 class BatchNormConv:
@@ -19,16 +19,12 @@ class BatchNormConv:
 
     name = "BatchNormalization+Conv"
     summary = "BN -> Conv with zero padding: folded into the Conv's input channels"
-    producers: tuple[str, ...] = ()  # not a producer rule: the engine asks it by name
+    producers: tuple[str, ...] = ()  # not a producer rule: it absorbs a BN it follows
+    consumers = ("Conv",)
 
     def check(self, g: GraphIndex, m: Match) -> None:
+        exclusive_follower(g, m)
         conv, who = g.nodes[m.producer], m.who
-        if conv.domain not in DEFAULT_DOMAINS:
-            raise Refused("not-foldable", f"{who}: {describe(conv)} is in domain '{conv.domain}'")
-        out = g.nodes[m.norm].output[0]
-        if g.is_used_outside(out, m.producer, 0):
-            raise Refused("shared-output", f"{who}: its output '{out}' is needed unfolded: "
-                                           f"{g.other_user(out, m.producer, 0)}")
         a = attrs(conv)
         if any(a.get("pads", [])) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
             raise Refused(

@@ -45,8 +45,12 @@ def check_scale(g: GraphIndex, m: Match, channels: int, rank: int | None) -> Non
     name = node.input[1 - m.slot]
     c = g.value(name)
     where = f"{m.who}: the constant '{name}' of shape {list(c.shape)}"
-    if c.dtype.name not in FLOAT_DTYPES:
-        raise Refused("unsupported-dtype", f"{m.who}: the constant '{name}' is {c.dtype.name}")
+    if c.dtype.name not in FLOAT_DTYPES or c.dtype != m.values["W"].dtype:
+        raise Refused(
+            "broadcast-dtype",
+            f"{m.who}: the constant '{name}' is {c.dtype.name}, the layer computes in "
+            f"{m.values['W'].dtype.name}",
+        )
     if rank is None:
         raise Refused("channel-axis", f"{m.who}: the rank of its input is unknown")
     if c.ndim > rank:
