@@ -75,6 +75,11 @@ def exclusive_producer(g: GraphIndex, m: Match) -> None:
             )
 
 
+def per_column(c: np.ndarray, n: int) -> bool:
+    """Does c broadcast to a (M, n) output without changing its shape: (), [1|n], [M|1, 1|n]?"""
+    return c.ndim <= 2 and (c.ndim == 0 or c.shape[-1] in (1, n))
+
+
 def exclusive_follower(g: GraphIndex, m: Match) -> None:
     """For forward folds: the layer after the BN (m.producer) is a default-domain op and the
     only reader of the BN's output."""

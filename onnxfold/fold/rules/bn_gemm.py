@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_follower, store
+from onnxfold.fold.rules import (
+    Match,
+    Refused,
+    constant_input,
+    exclusive_follower,
+    per_column,
+    store,
+)
 from onnxfold.fold.rules.anchor import check_anchor, drop_anchor, folded_values
 from onnxfold.graph import GraphIndex, attrs, describe
 
@@ -36,7 +43,7 @@ class BatchNormGemm:
         m.values["W"] = w
         c = constant_input(g, m, 2, "C input")
         if c is not None:
-            if c.ndim > 2 or (c.ndim > 0 and c.shape[-1] not in (1, n)):
+            if not per_column(c, n):
                 raise Refused("channel-mismatch", f"{who}: the C input of {describe(gemm)} has "
                                                   f"shape {list(c.shape)}")
             m.values["C"] = c

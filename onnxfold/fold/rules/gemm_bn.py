@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer
+from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer, per_column
 from onnxfold.fold.rules.anchor import absorb_anchor, check_anchor, folded_values
 from onnxfold.graph import GraphIndex, attrs, describe
 
@@ -27,7 +27,7 @@ class GemmBatchNorm:
         m.values["W"] = w
         c = constant_input(g, m, 2, "C input")
         if c is not None:
-            if c.ndim > 2 or (c.ndim > 0 and c.shape[-1] not in (1, n)):
+            if not per_column(c, n):
                 raise Refused(
                     "channel-mismatch",
                     f"{who}: the C input '{gemm.input[2]}' of {describe(gemm)} has shape "

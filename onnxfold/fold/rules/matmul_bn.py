@@ -8,7 +8,7 @@ the BN would normalize over time steps, which no change of W can express; that i
 from __future__ import annotations
 
 from onnxfold.fold import bn_math
-from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer
+from onnxfold.fold.rules import Match, Refused, constant_input, exclusive_producer, per_column
 from onnxfold.fold.rules.anchor import absorb_anchor, check_anchor, folded_values
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe
 
@@ -63,7 +63,7 @@ class MatMulBatchNorm:
         m.values["W"] = w
         if m.inner is not None:
             c = constant_input(g, m, int(m.values["add_slot"]), "addend")
-            if c is None or c.ndim > 2 or (c.ndim > 0 and c.shape[-1] not in (1, n)):
+            if c is None or not per_column(c, n):
                 shape = "missing" if c is None else f"of shape {list(c.shape)}"
                 raise Refused(
                     "channel-mismatch",
