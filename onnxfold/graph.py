@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
+from onnxfold.modelio import tensor_array
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # Elementwise float ops a constant may be computed with (evaluated in the tensor's own dtype).
 CONST_OPS = {
@@ -109,8 +111,9 @@ def describe(node: onnx.NodeProto) -> str:
 class GraphIndex:
     """Producers, uses and constants of one graph, with the edits the fold rules need."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, base_dir: str | None = None) -> None:
         self.model = model
+        self.base_dir = base_dir  # where external data lives (the model file's folder)
         self.graph = model.graph
         self.opset = default_opset(model)
         self.nodes = list(self.graph.node)
@@ -203,7 +206,7 @@ class GraphIndex:
     def value(self, name: str) -> np.ndarray:
         """The value of a constant (check why_not_constant first)."""
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_array(self.initializers[name], self.base_dir)
         n = self.nodes[self.producer[name]]
         if n.op_type in CONST_OPS:
             if name not in self._computed:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 
 from onnxfold.errors import OnnxfoldError
 
@@ -51,6 +52,16 @@ def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.M
                 f"tensor '{t.name}' stored as external data (not supported yet)",
             )
     return model
+
+
+def tensor_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None):
+    """A tensor's value as numpy; external data is read from base_dir (the model's folder)."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise OnnxfoldError(
+            base_dir or "<model>", "a tensor stored inside the model",
+            f"tensor '{tensor.name}' stored as external data (not supported yet)",
+        )
+    return numpy_helper.to_array(tensor)
 
 
 def _all_initializers(model: onnx.ModelProto):

@@ -62,10 +62,12 @@ def fuse(
     model: onnx.ModelProto,
     rules: list[Rule] | None = None,
     keep: set[str] | frozenset[str] = frozenset(),
+    base_dir: str | None = None,
 ) -> FuseResult:
     """Fold every foldable BatchNormalization and scale layer; the argument is not modified.
 
     `keep`: names of nodes to leave alone (a normalization, or the layer it would fold into).
+    `base_dir`: the folder external-data locations are relative to (the model file's folder).
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -76,7 +78,7 @@ def fuse(
     forward = {op: r for r in selected for op in getattr(r, "consumers", ())}
     # Scale layers fold with the producer's own rule, whichever BN rules were selected.
     scale_rules = _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
-    g = GraphIndex(out)
+    g = GraphIndex(out, base_dir)
     if any(n.op_type in RANK_OPS for n in g.nodes):
         g.infer_ranks()  # before any edit: shape inference needs the graph intact
     for i, node in enumerate(g.nodes):
