@@ -111,28 +111,42 @@ def describe(node: onnx.NodeProto) -> str:
 class GraphIndex:
     """Producers, uses and constants of one graph, with the edits the fold rules need."""
 
-    def __init__(self, model: onnx.ModelProto, base_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        base_dir: str | None = None,
+        body: onnx.GraphProto | onnx.FunctionProto | None = None,
+        outer: GraphIndex | None = None,
+        root: GraphIndex | None = None,
+    ) -> None:
+        """Index the main graph, or `body`: a subgraph (names of the enclosing graphs, `outer`,
+        are visible in it) or a model-local function. Indexes of one model share the main
+        graph's (`root`'s) name set and ranks."""
         self.model = model
         self.base_dir = base_dir  # where external data lives (the model file's folder)
-        self.graph = model.graph
-        self.opset = default_opset(model)
-        self.nodes = list(self.graph.node)
-        self.producer: dict[str, int] = {}
-        self._uses: dict[str, list[Use]] = defaultdict(list)
-        for i, n in enumerate(self.nodes):
-            self._add_uses(i, n)
-            for name in n.output:
-                if name:
-                    self.producer[name] = i
-        self.outputs = {o.name for o in self.graph.output}
-        self.inputs = {i.name for i in self.graph.input}
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self._names: set[str] | None = None
-        self._ranks: dict[str, int] | None = None
+        self.graph = model.graph if body is None else body
+        self.outer = outer
+        self.is_function = isinstance(self.graph, onnx.FunctionProto)
+        self.is_main = body is None
+        self.opset = default_opset(body if self.is_function else model) or default_opset(model)
+        self.released: set[str] = set()  # outer names this body no longer reads
+        if self.is_function:
+            self.outputs, self.inputs = set(self.graph.output), set(self.graph.input)
+            self.initializers: dict[str, onnx.TensorProto] = {}
+        else:
+            self.outputs = {o.name for o in self.graph.output}
+            self.inputs = {i.name for i in self.graph.input}
+            self.initializers = {t.name: t for t in self.graph.initializer}
+        share = outer or root
+        self._names = share.names if share is not None else None
+        self._ranks = share._ranks if share is not None else None
         self._computed: dict[str, np.ndarray] = {}  # values of computed constants
         self._removed_nodes: set[int] = set()
+        self._new_constants: list[int] = []  # Constant nodes added to a function body
         self._dropped: set[str] = set()  # names whose initializer / value_info go away
         self._renamed: dict[str, str] = {}  # old tensor name -> new, for value_info
+        self.nodes = list(self.graph.node)
+        self._reindex()
 
     def _add_uses(self, i: int, n: onnx.NodeProto) -> None:
         for slot, name in enumerate(n.input):
@@ -162,21 +176,36 @@ class GraphIndex:
     def overridable(self, name: str) -> bool:
         # Initializers listed as graph inputs can be overridden at run time from IR 4 on;
         # before IR 4 every initializer had to be listed and ORT treats them as constants.
-        return name in self.initializers and name in self.inputs and self.model.ir_version >= 4
+        return (
+            self.is_main and name in self.initializers and name in self.inputs
+            and self.model.ir_version >= 4
+        )
+
+    def is_local(self, name: str) -> bool:
+        """Is name defined in this body (not in an enclosing graph)?"""
+        return name in self.initializers or name in self.inputs or name in self.producer
+
+    def _from_outer(self, name: str) -> bool:
+        return self.outer is not None and not self.is_local(name)
 
     def why_not_constant(self, name: str) -> str | None:
         """None if name is a constant we may read and fold; otherwise why not."""
+        if self._from_outer(name):
+            return self.outer.why_not_constant(name)
         if name in self.initializers:
             if self.overridable(name):
                 return f"'{name}' is an overridable initializer (also a graph input)"
             return None
         if name in self.inputs:
-            return f"'{name}' is a graph input"
+            kind = "function" if self.is_function else "graph" if self.is_main else "subgraph"
+            return f"'{name}' is a {kind} input"
         i = self.producer.get(name)
         if i is None:
             return f"'{name}' is not defined in this graph"
         n = self.nodes[i]
         if n.op_type == "Constant" and n.domain in DEFAULT_DOMAINS:
+            if any(a.ref_attr_name for a in n.attribute):
+                return f"'{name}' is a Constant set from an attribute of the function's caller"
             kinds = {a.name for a in n.attribute}
             if kinds & {"value", "value_float", "value_floats"}:
                 return None
@@ -205,6 +234,8 @@ class GraphIndex:
 
     def value(self, name: str) -> np.ndarray:
         """The value of a constant (check why_not_constant first)."""
+        if self._from_outer(name):
+            return self.outer.value(name)
         if name in self.initializers:
             return tensor_array(self.initializers[name], self.base_dir)
         n = self.nodes[self.producer[name]]
@@ -224,18 +255,21 @@ class GraphIndex:
         raise KeyError(name)
 
     def infer_ranks(self) -> None:
-        """Learn tensor ranks from declared types and onnx shape inference; call before editing."""
+        """Learn tensor ranks model-wide from declared types and onnx shape inference; call
+        before the first edit anywhere in the model (subgraph indexes share the result)."""
         ranks: dict[str, int] = {}
-        graphs = [self.graph]
+        graphs = list(walk_graphs(self.model.graph))
         with contextlib.suppress(Exception):  # best effort: an unknown rank is refused
-            graphs.append(onnx.shape_inference.infer_shapes(self.model).graph)
+            graphs += walk_graphs(onnx.shape_inference.infer_shapes(self.model).graph)
+        infos = [vi for g in graphs for vi in (*g.input, *g.output, *g.value_info)]
+        infos += [vi for f in self.model.functions for vi in getattr(f, "value_info", ())]
+        for vi in infos:  # names are unique model-wide, subgraphs and functions included
+            tt = vi.type.tensor_type
+            if vi.type.WhichOneof("value") == "tensor_type" and tt.HasField("shape"):
+                ranks.setdefault(vi.name, len(tt.shape.dim))
         for g in graphs:
-            for vi in (*g.input, *g.output, *g.value_info):
-                tt = vi.type.tensor_type
-                if vi.type.WhichOneof("value") == "tensor_type" and tt.HasField("shape"):
-                    ranks.setdefault(vi.name, len(tt.shape.dim))
-        for name, t in self.initializers.items():
-            ranks.setdefault(name, len(t.dims))
+            for t in g.initializer:
+                ranks.setdefault(t.name, len(t.dims))
         self._ranks = ranks
 
     def rank(self, name: str) -> int | None:
@@ -270,11 +304,19 @@ class GraphIndex:
         n.attribute.append(onnx.helper.make_attribute("value", tensor))
 
     def add_initializer(self, base: str, array: np.ndarray) -> str:
+        """A new constant tensor in this body (a Constant node in a function, which has no
+        initializers)."""
         name = self.fresh_name(base)
         tensor = numpy_helper.from_array(array, name)
+        if self.is_function:
+            node = onnx.helper.make_node("Constant", [], [name], value=tensor)
+            self.nodes.append(node)
+            self.producer[name] = len(self.nodes) - 1
+            self._new_constants.append(len(self.nodes) - 1)
+            return name
         self.graph.initializer.append(tensor)
         self.initializers[name] = self.graph.initializer[-1]
-        if self.model.ir_version < 4:  # before IR 4 every initializer must be a graph input
+        if self.is_main and self.model.ir_version < 4:  # before IR 4 initializers are inputs
             self.graph.input.append(
                 onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
             )
@@ -314,8 +356,12 @@ class GraphIndex:
         self._removed_nodes.add(node)
 
     def drop_if_unused(self, name: str) -> None:
-        """Remove a constant nothing reads any more (initializer or Constant node)."""
+        """Remove a constant nothing reads any more (initializer or Constant node); an enclosing
+        graph's constant is noted in `released` for that graph to drop."""
         if not name or self.uses(name) or name in self.outputs:
+            return
+        if self._from_outer(name):
+            self.released.add(name)
             return
         if name in self.initializers:
             if self.overridable(name):
@@ -334,37 +380,46 @@ class GraphIndex:
                     self.drop_if_unused(x)
 
     def commit(self) -> None:
-        """Write the edits back into the GraphProto, keeping the order of everything kept."""
+        """Write the edits back into the graph (or function), keeping the order of everything
+        kept; the index stays valid for further queries and edits."""
         g = self.graph
-        if self._removed_nodes:
-            kept = [n for i, n in enumerate(self.nodes) if i not in self._removed_nodes]
+        if self._removed_nodes or self._new_constants:
+            new = [self.nodes[i] for i in self._new_constants]  # first: they feed later nodes
+            rest = [
+                n for i, n in enumerate(self.nodes)
+                if i not in self._removed_nodes and i not in self._new_constants
+            ]
             del g.node[:]
-            g.node.extend(kept)
-            self.nodes = kept
-            self._removed_nodes = set()
-            self._reindex()
-        if self._dropped:
+            g.node.extend(new + rest)
+            self._removed_nodes, self._new_constants = set(), []
+        if self._dropped and not self.is_function:
             dropped = self._dropped
             _filter(g.initializer, lambda t: t.name not in dropped)
-            if self.model.ir_version < 4:
+            if self.is_main and self.model.ir_version < 4:
                 _filter(g.input, lambda v: v.name not in dropped)
                 self.inputs -= dropped
         renamed = self._renamed
-        if dropped_or_renamed := (self._dropped | set(renamed)):
-            have = {v.name for v in g.value_info} | self.outputs
+        value_info = getattr(g, "value_info", None)
+        if value_info is not None and (dropped_or_renamed := (self._dropped | set(renamed))):
+            have = {v.name for v in value_info} | self.outputs
             kept_vi = []
-            for v in g.value_info:
+            for v in value_info:
                 if v.name in renamed and renamed[v.name] not in have:
                     v.name = renamed[v.name]  # the same tensor, now under its new name
                     have.add(v.name)
                     kept_vi.append(v)
                 elif v.name not in dropped_or_renamed:
                     kept_vi.append(v)
-            if len(kept_vi) != len(g.value_info) or renamed:
-                del g.value_info[:]
-                g.value_info.extend(kept_vi)
+            if len(kept_vi) != len(value_info) or renamed:
+                del value_info[:]
+                value_info.extend(kept_vi)
         self._dropped = set()
         self._renamed = {}
+        # Repeated-field edits copy messages: index the live ones.
+        self.nodes = list(g.node)
+        if not self.is_function:
+            self.initializers = {t.name: t for t in g.initializer}
+        self._reindex()
 
     def _reindex(self) -> None:
         self.producer = {}

@@ -182,30 +182,6 @@ def test_conv_in_other_domain():
     refused(m, "not-foldable", "domain 'com.example'")
 
 
-def test_bn_in_subgraph_reported():
-    inner = conv_bn_model()
-    body = inner.graph
-    del body.input[:]  # X comes from the outer scope
-    for n in body.node:  # own names inside the body, so no outer value is shadowed
-        n.input[:] = [i if i == "X" else f"in_{i}" for i in n.input]
-        n.output[:] = [f"in_{o}" for o in n.output]
-    for t in body.initializer:
-        t.name = f"in_{t.name}"
-    body.output[0].name = "in_Y"
-    m = conv_bn_model()
-    m.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
-    m.graph.node.append(helper.make_node("If", ["cond"], ["z"], name="if",
-                                         then_branch=body, else_branch=body))
-    m.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, list("abcd")))
-    result = onnxfold.fuse(m)
-    assert [f.node for f in result.folded] == ["bn"]
-    assert [r.code for r in result.refused] == ["in-subgraph", "in-subgraph"]
-    # Reported in the model's attribute order (onnx.helper sorts attributes by name).
-    assert "inside attribute 'else_branch' of If 'if'" in result.refused[0].reason
-    assert "inside attribute 'then_branch' of If 'if'" in result.refused[1].reason
-    onnx.checker.check_model(result.model, full_check=True)
-
-
 def test_refused_node_left_exactly_as_it_was_next_to_a_fold():
     """One refusal and one fold in the same model: the refused pair is byte-identical."""
     m = conv_bn_model()

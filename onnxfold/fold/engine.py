@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
@@ -27,6 +27,7 @@ class Fold:
     node: str  # the removed normalization or scale node
     into: str  # the node it was folded into
     op: str = "BatchNormalization"  # the removed node's op type
+    where: str = ""  # "" for the main graph, else the subgraph or function holding it
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Refusal:
     code: str
     reason: str  # one line, names the node
     op: str = "BatchNormalization"
+    where: str = ""
 
 
 @dataclass
@@ -73,41 +75,79 @@ def fuse(
     out.CopyFrom(model)
     result = FuseResult(out)
     selected = rules if rules is not None else all_rules()
-    by_producer = _by_producer(selected)
-    # Rules that fold a BN forward into the layer reading it, by that layer's op type.
-    forward = {op: r for r in selected for op in getattr(r, "consumers", ())}
-    # Scale layers fold with the producer's own rule, whichever BN rules were selected.
-    scale_rules = _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
+    ctx = _Context(
+        by_producer=_by_producer(selected),
+        # Rules that fold a BN forward into the layer reading it, by that layer's op type.
+        forward={op: r for r in selected for op in getattr(r, "consumers", ())},
+        # Scale layers fold with the producer's own rule, whichever BN rules were selected.
+        scale_rules=(
+            _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
+        ),
+        keep=keep,
+        result=result,
+    )
     g = GraphIndex(out, base_dir)
-    if any(n.op_type in RANK_OPS for n in g.nodes):
-        g.infer_ranks()  # before any edit: shape inference needs the graph intact
+    bodies = [*walk_graphs(out.graph), *out.functions]
+    if any(n.op_type in RANK_OPS for b in bodies for n in b.node):
+        g.infer_ranks()  # before any edit: shape inference needs the model intact
+    _fuse_body(g, ctx, "")
+    for f in out.functions:
+        _fuse_body(GraphIndex(out, base_dir, f, root=g), ctx, f"function '{f.domain}.{f.name}'")
+    if result.folded:
+        _stamp(out, result.folded)
+    return result
+
+
+@dataclass
+class _Context:
+    by_producer: dict[str, list[Rule]]
+    forward: dict[str, Rule]
+    scale_rules: dict[str, list[Rule]]
+    keep: set[str] | frozenset[str]
+    result: FuseResult
+
+
+def _fuse_body(g: GraphIndex, ctx: _Context, where: str) -> None:
+    """Fold in one graph, function or subgraph, then in the subgraphs of its nodes (which see
+    its folded names), then drop the constants of it those subgraphs stopped reading."""
+    result = ctx.result
     for i, node in enumerate(g.nodes):
         if _is_norm(node):
-            attempt = (by_producer, 0)
-        elif scale_rules and (slot := _scale_slot(g, node)) is not None:
-            attempt = (scale_rules, slot)
+            attempt = (ctx.by_producer, 0)
+        elif ctx.scale_rules and (slot := _scale_slot(g, node)) is not None:
+            attempt = (ctx.scale_rules, slot)
         else:
             continue
         try:
             try:
-                fold = _fold_one(g, i, *attempt, keep)
+                fold = _fold_one(g, i, *attempt, ctx.keep)
             except Refused as e:
-                if e.code != "no-producer" or not forward or not _is_norm(node):
+                if e.code != "no-producer" or not ctx.forward or not _is_norm(node):
                     raise
-                fold = _fold_forward(g, i, forward, keep, e)
-            result.folded.append(fold)
+                fold = _fold_forward(g, i, ctx.forward, ctx.keep, e)
+            result.folded.append(replace(fold, where=where))
         except Refused as e:
-            result.refused.append(Refusal(_label(node), e.code, e.reason, node.op_type))
+            result.refused.append(Refusal(_label(node), e.code, e.reason, node.op_type, where))
         except Exception as e:  # one bad node never costs the user the other folds
             log.exception("unexpected error folding %s", describe(node))
             err = f"{type(e).__name__}: {e}"
             reason = f"{describe(node)}: internal error, left unfolded ({err})"
-            result.refused.append(Refusal(_label(node), "internal-error", reason, node.op_type))
+            result.refused.append(
+                Refusal(_label(node), "internal-error", reason, node.op_type, where)
+            )
     g.commit()
-    result.refused.extend(_nested_norms(out))
-    if result.folded:
-        _stamp(out, result.folded)
-    return result
+    released: set[str] = set()
+    for parent in g.nodes:
+        for attr, sg in subgraphs(parent):
+            inner = GraphIndex(g.model, g.base_dir, sg, outer=g)
+            here = f"{describe(parent)} {attr}"
+            _fuse_body(inner, ctx, f"{where} > {here}" if where else here)
+            released |= inner.released
+    if released:
+        g.commit()  # re-reads which names the subgraphs still use
+        for name in sorted(released):
+            g.drop_if_unused(name)
+        g.commit()
 
 
 def _by_producer(rules: list[Rule]) -> dict[str, list[Rule]]:
@@ -150,9 +190,23 @@ def _fold_forward(
     if conv.name and conv.name in keep:
         raise Refused("kept", f"{describe(bn)}: {describe(conv)} is kept (--keep)")
     m = Match(norm=i, producer=uses[0].node, who=describe(bn))
+    _no_attribute_refs(g, m)
     rule.check(g, m)
     label = _label(bn)
     return Fold(rule.name, label, rule.rewrite(g, m), bn.op_type)
+
+
+def _no_attribute_refs(g: GraphIndex, m: Match) -> None:
+    """In a function body an attribute may name one of the caller's (ref_attr_name): its value
+    is unknown here, so a fold reading it (epsilon, group, transB...) must not happen."""
+    for i in (m.norm, m.producer, *m.through):
+        n = g.nodes[i]
+        refs = [f"{a.name}=@{a.ref_attr_name}" for a in n.attribute if a.ref_attr_name]
+        if refs:
+            raise Refused(
+                "attribute-ref",
+                f"{m.who}: {describe(n)} takes {', '.join(refs)} from the function's caller",
+            )
 
 
 def _is_norm(node: onnx.NodeProto) -> bool:
@@ -185,7 +239,12 @@ def _fold_one(
         x = g.nodes[p].input[0]
         p = g.producer.get(x)
     if p is None:
-        where = "a graph input" if x in g.inputs else "not produced by a node"
+        if x in g.inputs:
+            where = "a function input" if g.is_function else "a graph input"
+        elif x and not g.is_local(x) and g.outer is not None:
+            where = "defined in an enclosing graph"
+        else:
+            where = "not produced by a node"
         raise Refused("no-producer", f"{describe(bn)}: its input '{x}' is {where}")
     if g.nodes[p].name and g.nodes[p].name in keep:
         raise Refused("kept", f"{describe(bn)}: {describe(g.nodes[p])} is kept (--keep)")
@@ -196,40 +255,11 @@ def _fold_one(
             "no-producer",
             f"{describe(bn)}: its input comes from {describe(g.nodes[p])}, which has no fold rule",
         )
+    _no_attribute_refs(g, m)
     rule.check(g, m)
     op, label = bn.op_type, _label(bn)
     into = rule.rewrite(g, m)
     return Fold("ScaleLayer" if op in scale.OPS else rule.name, label, into, op)
-
-
-def _nested_norms(model: onnx.ModelProto) -> list[Refusal]:
-    """Normalizations inside subgraphs and functions: reported, not folded (yet)."""
-    found = []
-    for parent in model.graph.node:
-        for attr, sg in subgraphs(parent):
-            for g in walk_graphs(sg):
-                found += [
-                    Refusal(
-                        _label(n),
-                        "in-subgraph",
-                        f"{describe(n)} is inside attribute '{attr}' of {describe(parent)}; "
-                        "subgraphs are not folded yet",
-                    )
-                    for n in g.node
-                    if _is_norm(n)
-                ]
-    for f in model.functions:
-        found += [
-            Refusal(
-                _label(n),
-                "in-subgraph",
-                f"{describe(n)} is inside model-local function '{f.domain}.{f.name}'; "
-                "functions are not folded yet",
-            )
-            for n in f.node
-            if _is_norm(n)
-        ]
-    return found
 
 
 def _stamp(model: onnx.ModelProto, folded: list[Fold]) -> None:

@@ -69,7 +69,7 @@ def render(report: dict, timings: dict[str, float]) -> str:
         what = op if op == "BatchNormalization" else f"{op} (scale layer)"
         lines.append(f"{verb} {d['folded']} of {d['total']} {what}")
     if dry:
-        lines += [f"  {f['node']} -> {f['into']} ({f['rule']})" for f in report["folds"]]
+        lines += [f"  {f['node']} -> {f['into']} ({f['rule']}){_where(f)}" for f in report["folds"]]
     before, after = report["ops_before"], report["ops_after"]
     ops = sorted(set(before) | set(after))
     w = max([len(o) for o in ops] + [9])
@@ -80,7 +80,7 @@ def render(report: dict, timings: dict[str, float]) -> str:
         lines.append(f"  {op:<{w}}  {b:>6}  {a:>5}{mark}")
     by_code: dict[str, list[str]] = defaultdict(list)
     for r in report["refusals"]:
-        by_code[r["code"]].append(r["reason"])
+        by_code[r["code"]].append(r["reason"] + _where(r))
     if by_code:
         lines.append(f"refused {len(report['refusals'])}:")
         for code in sorted(by_code):
@@ -90,6 +90,10 @@ def render(report: dict, timings: dict[str, float]) -> str:
     parts = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
     lines.append(f"time: {timings.get('total', 0.0):.2f} s ({parts})")
     return "\n".join(lines)
+
+
+def _where(item: dict) -> str:
+    return f" [in {item['where']}]" if item.get("where") else ""
 
 
 def _render_check(c: dict | None) -> list[str]:
