@@ -72,6 +72,23 @@ def test_bias_computed():
     refused(m, "not-constant", "the bias of Conv 'conv'", "computed by Abs 'absb'")
 
 
+def test_qdq_weight_refused():
+    """A QDQ model's weight is DequantizeLinear(int8): computed at run time, not a constant."""
+    m = conv_bn_model()
+    w = numpy_helper.to_array(_init(m, "W"))
+    scale = np.float32(np.abs(w).max() / 127)
+    q = np.round(w / scale).astype(np.int8)
+    m.graph.initializer.remove(_init(m, "W"))
+    m.graph.initializer.extend([numpy_helper.from_array(q, "W_q"),
+                                numpy_helper.from_array(scale, "W_scale")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["W"],
+                                            name="dq_w"))
+    onnx.checker.check_model(m, full_check=True)
+    r = refused(m, "not-constant")
+    assert r.reason == ("BatchNormalization 'bn': the weight of Conv 'conv': 'W' is computed by "
+                        "DequantizeLinear 'dq_w'")
+
+
 def test_bias_computed_from_constants_folds():
     """Identity/Neg/... of constants is a constant: folded, and the dead chain removed."""
     m = conv_bn_model()

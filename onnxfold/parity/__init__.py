@@ -18,6 +18,7 @@ from onnxfold.parity.compare import OutputDiff, compare
 from onnxfold.parity.inputs import CannotRun, make_feeds
 from onnxfold.parity.run import first_line, run, session
 from onnxfold.parity.upcast import upcast_to_float32
+from onnxfold.parity.upgrade import CannotUpgrade, upgrade_for_ort
 
 # Allowed max abs error per output, as a fraction of max |reference output|, by the model's
 # least precise float type. float32: a correct fold only reorders roundings (measured <= 5e-6 on
@@ -68,6 +69,13 @@ def check_parity(
     prec = precision(reference)
     rep = ParityReport("not-run", precision=prec, seed=seed)
     rep.rel_tol = REL_TOL[prec] if rel_tol is None else rel_tol
+    try:
+        (reference, candidate), note = upgrade_for_ort(reference, candidate)
+    except CannotUpgrade as e:
+        rep.reason = str(e)
+        return rep
+    if note:
+        rep.notes.append(note)
     try:
         ref_sess = session(model_bytes(reference))
     except Exception as e:  # ORT raises several types; any means "cannot load"
