@@ -25,6 +25,7 @@ from tests.builders import (
     matmul_bn_model,
     scale_model,
 )
+from tests.nested import function_model, if_model, loop_model
 
 HERE = Path(__file__).resolve().parent
 C, CT, G, MM = ("Conv+BatchNormalization", "ConvTranspose+BatchNormalization",
@@ -71,6 +72,19 @@ def _zero_div(m):
 def _f64_const(m):
     c = next(t for t in m.graph.initializer if t.name == "c0")
     c.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(c).astype(np.float64), "c0"))
+    return m
+
+
+def _qdq_weight(m):
+    """The Conv weight is DequantizeLinear(int8 W, scale), as in QDQ models."""
+    w = next(t for t in m.graph.initializer if t.name == "W")
+    a = numpy_helper.to_array(w)
+    scale = np.float32(np.abs(a).max() / 127)
+    m.graph.initializer.remove(w)
+    m.graph.initializer.extend([numpy_helper.from_array(np.round(a / scale).astype(np.int8), "W_q"),
+                                numpy_helper.from_array(scale, "W_scale")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["W"],
+                                            name="dq_w"))
     return m
 
 
@@ -175,6 +189,17 @@ ENTRIES = {
         conv_attrs={"pads": [1, 1, 1, 1]}), "padding"),
     "bn-gemm": ("BN on (N, K) -> Gemm, transB, alpha, beta", lambda: bn_gemm_model(
         trans_b=1, alpha=0.5, beta=2.0), [FG]),
+    "if-branches": ("Conv -> BN in both If branches, weights from the main graph",
+                    lambda: if_model(outer_consts=True), [C, C]),
+    "loop-body": ("Conv -> BN in a Loop body", loop_model, [C]),
+    "function-body": ("Conv -> BN in a model-local function called twice", function_model, [C]),
+    "refuse-function-attribute-ref": ("BN epsilon taken from the function's caller",
+                                      lambda: function_model(eps_ref=True), "attribute-ref"),
+    "conv-opset6": ("opset 6 BN (is_test, spatial): checked on opset-7 conversions",
+                    lambda: conv_bn_model(opset=6, ir=3, bn_attrs={"is_test": 1, "spatial": 1}),
+                    [C]),
+    "refuse-qdq-weight": ("Conv weight from DequantizeLinear (QDQ)",
+                          lambda: _qdq_weight(conv_bn_model()), "not-constant"),
     "refuse-bn-gemm-trans-a": ("BN -> Gemm with transA=1", lambda: bn_gemm_model(
         trans_a=1, k=3), "channel-axis"),
     "refuse-scale-dtype": ("Mul by a float64 constant after a float32 Conv", lambda: _f64_const(
