@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
+
 import numpy as np
 import onnx
 
@@ -24,6 +27,33 @@ def parse_shape(spec: str) -> tuple[str, list[int]]:
     return name, shape
 
 
+def parse_range(spec: str) -> tuple[str, tuple[float, float]]:
+    """'images:0:1' -> ('images', (0.0, 1.0)): random values for that input in [lo, hi)."""
+    parts = spec.rsplit(":", 2)
+    try:
+        name, lo, hi = parts[0], float(parts[1]), float(parts[2])
+    except (IndexError, ValueError):
+        name, lo, hi = "", 0.0, 0.0
+    if not name or not lo < hi or not np.isfinite([lo, hi]).all():
+        raise OnnxfoldError("--range", "NAME:LOW:HIGH with LOW < HIGH (e.g. images:0:1)",
+                            repr(spec))
+    return name, (lo, hi)
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Named arrays from an .npz file (numpy.savez), never unpickling anything."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not named arrays")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise OnnxfoldError(path, "an .npz file of named input arrays", "no such file") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise OnnxfoldError(path, "an .npz file of named input arrays (numpy.savez)",
+                            str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are not initializers (overridable initializers keep their defaults)."""
     inits = {t.name for t in model.graph.initializer}
@@ -31,17 +61,21 @@ def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def make_feeds(
-    model: onnx.ModelProto, shapes: dict[str, list[int]] | None = None, seed: int = 0
+    model: onnx.ModelProto,
+    shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    ranges: dict[str, tuple[float, float]] | None = None,
+    given: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Seeded random data for every real input, and notes on every dim we had to choose."""
-    shapes = shapes or {}
+    """Data for every real input: `given` arrays as they are (checked against the model), the
+    rest seeded random data (in `ranges` where given); and notes on every dim we had to choose."""
+    shapes, ranges, given = shapes or {}, ranges or {}, given or {}
     inputs = real_inputs(model)
-    unknown = set(shapes) - {i.name for i in inputs}
-    if unknown:
-        raise OnnxfoldError(
-            "--shape", f"a graph input name ({', '.join(i.name for i in inputs)})",
-            ", ".join(sorted(unknown)),
-        )
+    names = ", ".join(i.name for i in inputs)
+    for flag, d in (("--shape", shapes), ("--range", ranges), ("--inputs/--image", given)):
+        unknown = set(d) - {i.name for i in inputs}
+        if unknown:
+            raise OnnxfoldError(flag, f"a graph input name ({names})", ", ".join(sorted(unknown)))
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     notes: list[str] = []
@@ -49,10 +83,27 @@ def make_feeds(
         t = vi.type
         if t.WhichOneof("value") != "tensor_type":
             raise CannotRun(f"input '{vi.name}' is a {t.WhichOneof('value')}, not a tensor")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+        if vi.name in given:
+            feeds[vi.name] = _checked(vi, given[vi.name], dtype)
+            continue
         shape = _shape(vi, shapes.get(vi.name), notes)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)
-        feeds[vi.name] = _random(rng, dtype, shape, vi.name)
+        feeds[vi.name] = _random(rng, dtype, shape, vi.name, ranges.get(vi.name))
     return feeds, notes
+
+
+def _checked(vi: onnx.ValueInfoProto, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A given array must have the input's dtype and fit its static dims."""
+    tt = vi.type.tensor_type
+    if a.dtype != dtype:
+        raise OnnxfoldError(f"input '{vi.name}'", f"an array of {dtype.name}",
+                            f"{a.dtype.name} (shape {list(a.shape)})")
+    if tt.HasField("shape"):
+        fixed = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+        if len(fixed) != a.ndim or any(f is not None and f != n for f, n in zip(fixed, a.shape)):
+            raise OnnxfoldError(f"input '{vi.name}'", f"an array of shape {_fmt(fixed)}",
+                                _fmt(list(a.shape)))
+    return a
 
 
 def _shape(vi: onnx.ValueInfoProto, given: list[int] | None, notes: list[str]) -> list[int]:
@@ -84,13 +135,23 @@ def _fmt(dims: list[int | None]) -> str:
     return "x".join("?" if d is None else str(d) for d in dims)
 
 
-def _random(rng: np.random.Generator, dtype: np.dtype, shape: list[int], name: str) -> np.ndarray:
-    dtype = np.dtype(dtype)
+def _random(
+    rng: np.random.Generator,
+    dtype: np.dtype,
+    shape: list[int],
+    name: str,
+    span: tuple[float, float] | None = None,
+) -> np.ndarray:
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
     if dtype.kind in "iu":
-        return rng.integers(0, 10, size=shape).astype(dtype)
+        lo, hi = (0, 10) if span is None else (int(np.ceil(span[0])), int(np.ceil(span[1])))
+        if lo >= hi:
+            raise OnnxfoldError("--range", f"an integer in [LOW, HIGH) for '{name}'",
+                                f"none in [{span[0]}, {span[1]})")
+        return rng.integers(lo, hi, size=shape).astype(dtype)
     if dtype.kind == "f" or dtype.name == "bfloat16":
-        # Image-like data in [0, 1): what the YOLO-style models we serve are fed.
-        return rng.random(shape).astype(dtype)
+        # Image-like data in [0, 1) by default: what the YOLO-style models we serve are fed.
+        lo, hi = span or (0.0, 1.0)
+        return (lo + (hi - lo) * rng.random(shape)).astype(dtype)
     raise CannotRun(f"input '{name}' has dtype {dtype.name}: no random data for it")
