@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnxruntime as ort
 
@@ -13,7 +15,11 @@ LEVELS = {
 }
 
 
-def session(model: bytes, level: str = "disable") -> ort.InferenceSession:
+def session(model: bytes | str | os.PathLike[str], level: str = "disable") -> ort.InferenceSession:
+    """A CPU session on serialized model bytes, or on a model file (external data is read
+    relative to the file's folder)."""
+    if not isinstance(model, bytes):
+        model = os.fspath(model)
     so = ort.SessionOptions()
     so.graph_optimization_level = LEVELS[level]
     so.log_severity_level = 3  # errors only: ORT's warnings would clutter our report
