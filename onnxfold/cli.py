@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--keep", type=_names, metavar="NODE,...",
                    help="leave these nodes alone (a BatchNormalization or the layer before it)")
     f.add_argument("--list-rules", action="store_true", help="list the rule names and exit")
+    layout = f.add_mutually_exclusive_group()
+    layout.add_argument(
+        "--external-data", dest="external_data", action="store_true", default=None,
+        help="write the weights to OUT.onnx.data beside the output (default: as the input does)",
+    )
+    layout.add_argument(
+        "--no-external-data", dest="external_data", action="store_false",
+        help="write every weight inside the output model (at most 2 GB)",
+    )
     return p
 
 
@@ -72,7 +81,7 @@ def _fuse(args: argparse.Namespace) -> int:
     outcome = fuse_file(
         args.model, args.output, force=args.force, check=not args.no_check, shapes=shapes,
         seed=args.seed, report_path=args.report, dry_run=args.dry_run, only=args.only,
-        skip=args.skip, keep=args.keep,
+        skip=args.skip, keep=args.keep, external_data=args.external_data,
     )
     if not args.quiet:
         print(outcome.text)

@@ -1,23 +1,53 @@
-"""Loading and saving models: clear errors on bad files, deterministic bytes, atomic writes."""
+"""Loading and saving models: clear errors on bad files, deterministic bytes, atomic writes.
+
+External data (weights in side files) stays on disk: a loaded model keeps its external
+initializers as references, each checked to lie inside the model's folder before any byte is
+read, and a saved model streams them from the source file into its own data file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
+from onnx import AttributeProto, TensorProto, numpy_helper
 
 from onnxfold.errors import OnnxfoldError
 
 _EXPECTED = "an ONNX model (a serialized onnx.ModelProto)"
+EXTERNAL = TensorProto.EXTERNAL
+# protobuf cannot serialize or parse a message of 2 GiB or more.
+PROTOBUF_LIMIT = 2**31 - 1
+# Written data files: every tensor starts at a multiple of ALIGN (the page size, so onnxruntime
+# can mmap each tensor) and tensors under INLINE_BELOW bytes stay in the model (onnx's default).
+ALIGN = 4096
+INLINE_BELOW = 1024
+_CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
+_SUB_BYTE_BITS = {
+    getattr(TensorProto, name): bits
+    for name, bits in (("UINT4", 4), ("INT4", 4), ("FLOAT4E2M1", 4), ("UINT2", 2), ("INT2", 2),
+                       ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+    if hasattr(TensorProto, name)
+}
+_EXTERNAL_KEYS = ("location", "offset", "length")
+_IN_FOLDER = "external data in a regular file inside the model's folder"
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read and parse an ONNX file; raise OnnxfoldError naming the file on any problem."""
+    """Read and parse an ONNX file; raise OnnxfoldError naming the file on any problem.
+
+    External initializers stay references to their files, every one checked first (see
+    external_ref). External tensors in node attributes or sparse tensors are read in.
+    """
     p = Path(path)
     if not p.exists():
         raise OnnxfoldError(p, _EXPECTED, "no such file")
@@ -27,7 +57,12 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         data = p.read_bytes()
     except OSError as e:
         raise OnnxfoldError(p, _EXPECTED, f"a file that cannot be read ({e.strerror})") from None
-    return parse_model(data, p)
+    model = parse_model(data, p)
+    refs = [(kind, t, external_ref(t, p.parent, p)) for kind, t in tensors(model) if _is_ext(t)]
+    for kind, t, ref in refs:  # only after every location passed its checks
+        if kind != "initializer":
+            _read_in(t, ref)
+    return model
 
 
 def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.ModelProto:
@@ -45,36 +80,233 @@ def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.M
         raise OnnxfoldError(path, _EXPECTED, f"{len(data)} bytes with no ir_version or no graph")
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         raise OnnxfoldError(path, _EXPECTED, "a model with no opset_import for the default domain")
-    for t in _all_initializers(model):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            raise OnnxfoldError(
-                path, "a model with its weights inside the .onnx file",
-                f"tensor '{t.name}' stored as external data (not supported yet)",
-            )
     return model
 
 
 def tensor_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None):
     """A tensor's value as numpy; external data is read from base_dir (the model's folder)."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    if not _is_ext(tensor):
+        return numpy_helper.to_array(tensor)
+    if base_dir is None:
         raise OnnxfoldError(
-            base_dir or "<model>", "a tensor stored inside the model",
-            f"tensor '{tensor.name}' stored as external data (not supported yet)",
+            "<model>", "the model's folder to read external data from",
+            f"tensor '{tensor.name}' stored as external data and no folder given",
         )
-    return numpy_helper.to_array(tensor)
+    inline = TensorProto()
+    inline.CopyFrom(tensor)
+    _read_in(inline, external_ref(tensor, base_dir, base_dir))
+    return numpy_helper.to_array(inline)
 
 
-def _all_initializers(model: onnx.ModelProto):
-    stack = [model.graph]
-    while stack:
-        g = stack.pop()
-        yield from g.initializer
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    stack.append(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    stack.extend(a.graphs)
+# --- external data: where a tensor's bytes are, checked --------------------------------------
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """The bytes of one external tensor: a regular file inside the model's folder."""
+
+    file: Path  # resolved, no symlinks
+    offset: int
+    length: int
+
+
+def tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every dense tensor in the model, in a fixed walk order, with its kind: 'initializer',
+    'attribute' (a node's tensor attribute) or 'sparse' (values or indices of a sparse tensor).
+    Subgraphs are walked where their node is; then functions, then training_info."""
+    yield from _graph_tensors(model.graph)
+    for f in model.functions:
+        yield from _node_tensors(f.node)
+    for ti in model.training_info:
+        yield from _graph_tensors(ti.initialization)
+        yield from _graph_tensors(ti.algorithm)
+
+
+def _graph_tensors(g: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    for t in g.initializer:
+        yield "initializer", t
+    for s in g.sparse_initializer:
+        yield "sparse", s.values
+        yield "sparse", s.indices
+    yield from _node_tensors(g.node)
+
+
+def _node_tensors(nodes) -> Iterator[tuple[str, onnx.TensorProto]]:
+    for n in nodes:
+        for a in n.attribute:
+            if a.type == AttributeProto.TENSOR:
+                yield "attribute", a.t
+            elif a.type == AttributeProto.TENSORS:
+                for t in a.tensors:
+                    yield "attribute", t
+            elif a.type == AttributeProto.SPARSE_TENSOR:
+                yield "sparse", a.sparse_tensor.values
+                yield "sparse", a.sparse_tensor.indices
+            elif a.type == AttributeProto.SPARSE_TENSORS:
+                for s in a.sparse_tensors:
+                    yield "sparse", s.values
+                    yield "sparse", s.indices
+            elif a.type == AttributeProto.GRAPH:
+                yield from _graph_tensors(a.g)
+            elif a.type == AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graph_tensors(g)
+
+
+def _is_ext(t: onnx.TensorProto) -> bool:
+    return t.data_location == EXTERNAL
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(_is_ext(t) for _, t in tensors(model))
+
+
+def external_ref(
+    tensor: onnx.TensorProto, base_dir: str | os.PathLike[str], model_file: str | os.PathLike[str]
+) -> ExternalRef:
+    """Check where an external tensor's bytes are, without reading them; raise OnnxfoldError
+    naming model_file, the tensor and its location on anything that is not a regular file
+    inside base_dir (absolute, a '..' component, a symlink out), or bytes not of the tensor's
+    size inside that file."""
+    entries: dict[str, str] = {}
+    for e in tensor.external_data:
+        if e.key in entries:
+            raise OnnxfoldError(model_file, "each external_data key at most once",
+                                f"tensor '{tensor.name}' with key '{e.key}' twice")
+        entries[e.key] = e.value
+    loc = entries.get("location", "")
+    what = f"tensor '{tensor.name}' with location '{loc}'"
+
+    def refuse(expected: str, found: str) -> OnnxfoldError:
+        return OnnxfoldError(model_file, expected, f"{what}: {found}")
+
+    parts = loc.replace("\\", "/").split("/")
+    if not loc:
+        raise OnnxfoldError(model_file, _IN_FOLDER, f"tensor '{tensor.name}' with no location")
+    if os.path.isabs(loc) or loc.startswith(("/", "\\")) or (len(loc) > 1 and loc[1] == ":"):
+        raise refuse(_IN_FOLDER, "an absolute path")
+    if ".." in parts:
+        raise refuse(_IN_FOLDER, "a '..' component")
+    if "\0" in loc:
+        raise refuse(_IN_FOLDER, "a NUL character")
+    folder = os.path.realpath(base_dir)
+    real = os.path.realpath(os.path.join(folder, loc))
+    if os.path.commonpath([folder, real]) != folder:
+        raise refuse(_IN_FOLDER, f"resolves to '{real}' (through a symlink), outside '{folder}'")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise refuse(_IN_FOLDER, "no such file") from None
+    except OSError as e:
+        raise refuse(_IN_FOLDER, f"a file that cannot be read ({e.strerror})") from None
+    if not os.path.isfile(real):
+        raise refuse(_IN_FOLDER, "a directory" if os.path.isdir(real) else "not a regular file")
+
+    dtype, shape = _dtype_name(tensor.data_type), "x".join(map(str, tensor.dims)) or "scalar"
+    need = _nbytes(tensor)
+    if need is None:
+        raise refuse("a numeric tensor in external data", f"dtype {dtype}, dims {shape}")
+    numbers = {}
+    for key in ("offset", "length"):
+        text = entries.get(key)
+        if text is not None and not (text.isascii() and text.isdigit()):
+            raise refuse("external data offset and length as non-negative integers",
+                         f"{key} '{text}'")
+        numbers[key] = None if text is None else int(text)
+    size = st.st_size
+    offset = numbers["offset"] or 0
+    if offset > size:
+        raise refuse("external data inside its file",
+                     f"offset {offset} past its end ({size} bytes)")
+    length = size - offset if numbers["length"] is None else numbers["length"]
+    if offset + length > size:
+        raise refuse("external data inside its file",
+                     f"offset {offset} + length {length} past its end ({size} bytes)")
+    if length != need:
+        raise refuse(f"{need} bytes of external data ({dtype} {shape})", f"length {length}")
+    return ExternalRef(Path(real), offset, length)
+
+
+def _dtype_name(data_type: int) -> str:
+    try:
+        return TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return str(data_type)
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's raw data takes, or None for a type that has no raw form."""
+    if any(d < 0 for d in t.dims) or t.data_type in (TensorProto.UNDEFINED, TensorProto.STRING):
+        return None
+    bits = _SUB_BYTE_BITS.get(t.data_type)
+    if bits is None:
+        try:
+            bits = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * 8
+        except (KeyError, ValueError, TypeError):
+            return None
+    return (math.prod(t.dims) * bits + 7) // 8
+
+
+def _open(ref: ExternalRef) -> int:
+    # O_NOFOLLOW: the checked path has no symlinks left; one swapped in since is refused.
+    return os.open(ref.file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+
+
+def _read(ref: ExternalRef) -> bytes:
+    fd = _open(ref)
+    try:
+        parts = []
+        for k in range(0, ref.length, 1 << 30):  # one pread returns at most ~2 GB
+            n = min(1 << 30, ref.length - k)
+            parts.append(os.pread(fd, n, ref.offset + k))
+            if len(parts[-1]) != n:  # the file shrank since it was checked
+                raise OnnxfoldError(ref.file, f"{ref.length} bytes at offset {ref.offset}",
+                                    f"the file ends at {ref.offset + k + len(parts[-1])}")
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def _read_in(t: onnx.TensorProto, ref: ExternalRef) -> None:
+    """Make an external tensor an inline one (its bytes in raw_data)."""
+    t.raw_data = _read(ref)
+    del t.external_data[:]
+    t.ClearField("data_location")
+
+
+def inline_size(model: onnx.ModelProto) -> int:
+    """An upper bound of the model's serialized size with every external tensor inline."""
+    extra = 0
+    for _, t in tensors(model):
+        if _is_ext(t):
+            n = _nbytes(t) or 0
+            extra += n + 16  # the raw_data field's tag and length, and the enclosing lengths
+    return model.ByteSize() + extra
+
+
+def tensor_data_size(model: onnx.ModelProto) -> int:
+    """Bytes of data in all the model's numeric tensors, wherever they are stored."""
+    return sum(_nbytes(t) or 0 for _, t in tensors(model))
+
+
+def inline_external(model: onnx.ModelProto, base_dir: str | os.PathLike[str],
+                    model_file: str | os.PathLike[str]) -> None:
+    """Read every external tensor into the model (in place)."""
+    for _, t in tensors(model):
+        if _is_ext(t):
+            _read_in(t, external_ref(t, base_dir, model_file))
+
+
+def input_files(model: onnx.ModelProto, source: Path) -> set[Path]:
+    """The model file and every external data file it reads, resolved."""
+    files = {source.resolve()}
+    for _, t in tensors(model):
+        if _is_ext(t):
+            files.add(external_ref(t, source.parent, source).file)
+    return files
+
+
+# --- writing --------------------------------------------------------------------------------
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:
@@ -82,18 +314,38 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to path via a temp file in the same folder and a rename: never a partial file."""
-    p = Path(path)
+def _usual_mode(path: str | os.PathLike[str]) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+
+
+def _temp(p: Path) -> tuple[int, Path]:
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    return fd, Path(tmp)
+
+
+def _write_temp(p: Path, data: bytes) -> Path:
+    """data in a fsynced temp file beside p, with the usual file mode."""
+    fd, tmp = _temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
+        _usual_mode(tmp)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to path via a temp file in the same folder and a rename: never a partial file."""
+    p = Path(path)
+    tmp = _write_temp(p, data)
+    try:
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -104,3 +356,162 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
     """Save a model atomically with deterministic bytes."""
     write_atomic(path, model_bytes(model))
+
+
+def data_path(target: Path) -> Path:
+    """Where a model saved with external data keeps it: `<model file name>.data` beside it."""
+    return target.with_name(f"{target.name}.data")
+
+
+def goes_external(kind: str, t: onnx.TensorProto) -> bool:
+    """Does a data file take this tensor? Initializers of INLINE_BELOW bytes or more with raw
+    bytes (raw_data or external); node attributes, sparse tensors and typed fields (float_data,
+    ...) stay in the model exactly as they are."""
+    if kind != "initializer":
+        return False
+    n = (_nbytes(t) or 0) if _is_ext(t) else len(t.raw_data) if t.HasField("raw_data") else 0
+    return n >= INLINE_BELOW
+
+
+@dataclass
+class StagedSave:
+    """A model and its data file written to temp files beside the target, not yet in place.
+
+    `model_temp` points at `data_temp` and can be checked and run as it is; `commit()` puts
+    both in place (data file first), `discard()` removes whatever is still a temp."""
+
+    model: onnx.ModelProto
+    target: Path
+    model_temp: Path
+    data_temp: Path
+    tensors: int
+    size: int
+    _final_temp: Path | None = None
+
+    @property
+    def data_file(self) -> Path:
+        return data_path(self.target)
+
+    def commit(self) -> None:
+        _set_location(self.model, self.data_file.name)
+        self._final_temp = _write_temp(self.target, model_bytes(self.model))
+        os.replace(self.data_temp, self.data_file)
+        os.replace(self._final_temp, self.target)
+        os.unlink(self.model_temp)
+
+    def discard(self) -> None:
+        for p in (self.model_temp, self.data_temp, self._final_temp):
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+
+
+def stage_external(
+    model: onnx.ModelProto, target: Path, source: Path | None = None
+) -> StagedSave:
+    """Move every tensor that goes_external into a temp data file beside target, in walk order,
+    each at an offset aligned to ALIGN, and write a temp model pointing at it.
+
+    Edits `model` in place. External tensors still pointing into the source model's files are
+    streamed from them in chunks (zero runs become holes: a sparse file); small ones are read in.
+    """
+    fd, data_temp = _temp(data_path(target))
+    try:
+        count, size = 0, 0
+        for kind, t in tensors(model):
+            if not goes_external(kind, t):
+                if _is_ext(t):
+                    _read_in(t, _source_ref(t, source))
+                continue
+            offset = -(-size // ALIGN) * ALIGN
+            if _is_ext(t):
+                ref = _source_ref(t, source)
+                _copy(ref, fd, offset)
+                length = ref.length
+            else:
+                data = t.raw_data
+                length = len(data)
+                for k in range(0, length, _CHUNK):
+                    _write_unless_zero(fd, data[k:k + _CHUNK], offset + k)
+                t.ClearField("raw_data")
+            del t.external_data[:]
+            t.data_location = EXTERNAL
+            for key, value in zip(_EXTERNAL_KEYS, (data_temp.name, offset, length)):
+                entry = t.external_data.add()
+                entry.key, entry.value = key, str(value)
+            count, size = count + 1, offset + length
+        os.ftruncate(fd, size)  # trailing zeros were skipped, not written
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _usual_mode(data_temp)
+        model_temp = _write_temp(target, model_bytes(model))
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(data_temp)
+        raise
+    return StagedSave(model, target, model_temp, data_temp, count, size)
+
+
+def _source_ref(t: onnx.TensorProto, source: Path | None) -> ExternalRef:
+    if source is None:
+        raise OnnxfoldError("<model>", "the source model file to read external data from",
+                            f"tensor '{t.name}' stored as external data")
+    return external_ref(t, source.parent, source)
+
+
+def _set_location(model: onnx.ModelProto, location: str) -> None:
+    for _, t in tensors(model):
+        for e in t.external_data if _is_ext(t) else ():
+            if e.key == "location":
+                e.value = location
+
+
+def _write_unless_zero(fd: int, chunk: bytes, pos: int) -> None:
+    """Write chunk at pos, unless it is all zeros: the file then keeps a hole (reads as zeros)."""
+    if chunk == (_ZEROS if len(chunk) == _CHUNK else bytes(len(chunk))):
+        return
+    view = memoryview(chunk)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
+
+
+def _copy(ref: ExternalRef, dst: int, pos: int) -> None:
+    """Stream ref's bytes to dst at pos in chunks, skipping the source's holes and zero runs."""
+    src = _open(ref)
+    try:
+        start, end = ref.offset, ref.offset + ref.length
+        at = start
+        while at < end:
+            data_at = _seek(src, at, "SEEK_DATA", at)
+            if data_at >= end:
+                break  # the rest is a hole
+            hole_at = min(_seek(src, data_at, "SEEK_HOLE", end), end)
+            if hole_at <= data_at:
+                hole_at = end
+            for k in range(data_at, hole_at, _CHUNK):
+                n = min(_CHUNK, hole_at - k)
+                chunk = os.pread(src, n, k)
+                if len(chunk) != n:  # the file shrank since it was checked
+                    raise OnnxfoldError(ref.file, f"{ref.length} bytes at offset {ref.offset}",
+                                        f"the file ends at {k + len(chunk)}")
+                _write_unless_zero(dst, chunk, pos + k - start)
+            at = hole_at
+    finally:
+        os.close(src)
+
+
+def _seek(fd: int, at: int, whence: str, fallback: int) -> int:
+    """lseek with SEEK_DATA / SEEK_HOLE where the OS and file system have them."""
+    how = getattr(os, whence, None)
+    if how is None:
+        return fallback
+    try:
+        return os.lseek(fd, at, how)
+    except OSError as e:
+        if e.errno == errno.ENXIO and whence == "SEEK_DATA":
+            return 1 << 62  # no data after `at`: the rest is a hole
+        return fallback

@@ -13,7 +13,22 @@ from onnxfold.fold import report
 from onnxfold.fold.engine import fuse, op_counts, select_rules
 from onnxfold.fold.rules import all_rules
 from onnxfold.graph import walk_graphs
-from onnxfold.modelio import load_model, model_bytes, write_atomic
+from onnxfold.modelio import (
+    PROTOBUF_LIMIT,
+    StagedSave,
+    data_path,
+    goes_external,
+    has_external_data,
+    inline_external,
+    inline_size,
+    input_files,
+    load_model,
+    model_bytes,
+    stage_external,
+    tensor_data_size,
+    tensors,
+    write_atomic,
+)
 from onnxfold.parity import check_parity
 from onnxfold.parity.inputs import real_inputs
 
@@ -70,10 +85,13 @@ def fuse_file(
     only: list[str] | None = None,
     skip: list[str] | None = None,
     keep: list[str] | None = None,
+    external_data: bool | None = None,
 ) -> FuseOutcome:
     """The whole `onnxfold fuse` job; raises OnnxfoldError for bad input (exit 2).
 
     dry_run: say what would fold and why not, run no check and write no model.
+    external_data: write the weights to `<output>.data` (True), inside the model (False), or
+    as the input has them (None).
     """
     t0 = time.perf_counter()
     try:
@@ -90,49 +108,111 @@ def fuse_file(
 
     def lap(name: str, start: float) -> float:
         now = time.perf_counter()
-        timings[name] = now - start
+        timings[name] = timings.get(name, 0.0) + now - start
         return now
 
-    original = load_model(source)
+    original = load_model(source)  # external data stays on disk, its locations checked
+    external_in = has_external_data(original)
+    external_out = external_in if external_data is None else external_data
+    data_file = data_path(target) if external_out and not dry_run else None
+    _check_not_inputs(source, original, [target, data_file, report_path])
+    if data_file is not None:
+        check_output_path(source, data_file, force, target, *filter(None, [report_path]))
     t = lap("load", t0)
     _check_shape_names(original, shapes or {})
     _check_keep_names(original, keep or [])
-    result = fuse(original, rules, frozenset(keep or []))
+    result = fuse(original, rules, frozenset(keep or []), base_dir=str(source.parent))
     t = lap("fold", t)
-    error = "" if dry_run else _validate(result.model, original)
-    t = lap("checker", t)
-    parity = None
-    if check and not error and not dry_run:
-        parity = check_parity(original, result.model, shapes=shapes, seed=seed)
-        t = lap("check", t)
-        if parity.status == "fail":
-            error = "parity check failed: the folded model disagrees with the original"
-    ok = not error
-    rep = report.build(
-        result, op_counts(original), op_counts(result.model), parity, str(source),
-        str(target) if ok and not dry_run else None, dry_run,
-    )
-    if ok and not dry_run:
-        write_atomic(target, model_bytes(result.model))
-        t = lap("save", t)
+    # onnxruntime and the checker read external data relative to the model file: the reference
+    # side of an external-data input is the input file itself.
+    reference = source if external_in else original
+    staged: StagedSave | None = None
+    try:
+        error, parity, candidate = "", None, None
+        if not dry_run:
+            if external_out and any(goes_external(k, x) for k, x in tensors(result.model)):
+                staged = stage_external(result.model, target, source)
+                candidate = staged.model_temp
+            else:
+                _check_fits_inline(result.model, target)
+                inline_external(result.model, source.parent, source)
+                candidate = result.model
+            t = lap("save" if staged else "load", t)
+            error = _validate(candidate, reference)
+            t = lap("checker", t)
+        if check and not error and not dry_run:
+            parity = check_parity(reference, candidate, shapes=shapes, seed=seed)
+            t = lap("check", t)
+            if parity.status == "fail":
+                error = "parity check failed: the folded model disagrees with the original"
+        ok = not error
+        written = ok and not dry_run
+        layout = None
+        if written:
+            layout = {"layout": "inline", "external_data": None}
+            if staged is not None:
+                layout = {"layout": "external", "external_data": {
+                    "file": staged.data_file.name, "tensors": staged.tensors,
+                    "bytes": staged.size}}
+        rep = report.build(
+            result, op_counts(original), op_counts(result.model), parity, str(source),
+            str(target) if written else None, dry_run, layout,
+        )
+        if written:
+            if staged is not None:
+                staged.commit()
+            else:
+                write_atomic(target, model_bytes(result.model))
+            t = lap("save", t)
+    finally:
+        if staged is not None:
+            staged.discard()
     if report_path is not None:
         write_atomic(report_path, report.to_json(rep).encode())
     timings["total"] = time.perf_counter() - t0
     return FuseOutcome(0 if ok else 1, rep, timings, error)
 
 
-def _validate(folded: onnx.ModelProto, original: onnx.ModelProto) -> str:
-    """The folded model must pass the full onnx checker, unless the original does not either."""
+def _check_not_inputs(source: Path, model: onnx.ModelProto, outputs: list[Path | None]) -> None:
+    """No output may be one of the input's external data files, --force or not."""
+    data_files = input_files(model, source) - {source.resolve()}
+    for out in outputs:
+        if out is not None and out.resolve() in data_files:
+            raise OnnxfoldError(
+                out, "an output path other than the input", "an external data file of the input"
+            )
+
+
+def _check_fits_inline(model: onnx.ModelProto, target: Path) -> None:
+    """A model with every tensor inside it must stay under protobuf's 2 GB limit."""
+    if inline_size(model) > PROTOBUF_LIMIT:
+        raise OnnxfoldError(
+            target, "a model under protobuf's 2 GB limit with every tensor inside it",
+            f"{tensor_data_size(model)} bytes of tensor data: use --external-data",
+        )
+
+
+def _validate(folded: onnx.ModelProto | Path, original: onnx.ModelProto | Path) -> str:
+    """The folded model must pass the full onnx checker, unless the original does not either.
+
+    A model with external data is checked by its file path: the checker reads data files
+    relative to it, and a path works past protobuf's 2 GB limit."""
     try:
-        onnx.checker.check_model(folded, full_check=True)
+        _check(folded)
         return ""
     except Exception as e:  # ValidationError or InferenceError
         folded_error = str(e).strip().splitlines()[0]
     try:
-        onnx.checker.check_model(original, full_check=True)
+        _check(original)
     except Exception:
         return ""  # the input already fails the checker; the fold cannot be held to it
     return f"the folded model fails onnx.checker (a bug in onnxfold): {folded_error}"
+
+
+def _check(model: onnx.ModelProto | Path) -> None:
+    onnx.checker.check_model(
+        model if isinstance(model, onnx.ModelProto) else str(model), full_check=True
+    )
 
 
 def _check_shape_names(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:

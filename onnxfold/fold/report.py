@@ -18,8 +18,12 @@ def build(
     source: str,
     target: str | None,
     dry_run: bool = False,
+    layout: dict | None = None,
 ) -> dict:
-    """Everything the report says, deterministic for the same input (no timings, no clocks)."""
+    """Everything the report says, deterministic for the same input (no timings, no clocks).
+
+    layout: how the written model keeps its weights, {"layout": "inline" or "external",
+    "external_data": None or {"file", "tensors", "bytes"}}; None when nothing was written."""
     from onnxfold import __version__
 
     return {
@@ -27,6 +31,8 @@ def build(
         "dry_run": dry_run,
         "input": source,
         "output": target,
+        "layout": None if layout is None else layout["layout"],
+        "external_data": None if layout is None else layout["external_data"],
         "folded": len(result.folded),
         "normalizations": result.total,
         "by_op": _by_op(result),
@@ -87,6 +93,7 @@ def render(report: dict, timings: dict[str, float]) -> str:
             lines.append(f"  {code} ({len(by_code[code])}):")
             lines += [f"    {reason}" for reason in by_code[code]]
     lines += _render_check(report["check"])
+    lines += _render_layout(report)
     parts = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
     lines.append(f"time: {timings.get('total', 0.0):.2f} s ({parts})")
     return "\n".join(lines)
@@ -94,6 +101,24 @@ def render(report: dict, timings: dict[str, float]) -> str:
 
 def _where(item: dict) -> str:
     return f" [in {item['where']}]" if item.get("where") else ""
+
+
+def _render_layout(report: dict) -> list[str]:
+    ext = report.get("external_data")
+    if ext is not None:
+        n = ext["tensors"]
+        return [f"external data: {ext['file']} ({n} tensor{'s' * (n != 1)}, "
+                f"{_size(ext['bytes'])})"]
+    if report.get("layout") == "inline":
+        return ["external data: none (every tensor inside the model file)"]
+    return []
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _render_check(c: dict | None) -> list[str]:

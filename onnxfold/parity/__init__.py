@@ -6,19 +6,29 @@ itself from its basic level on, which would make comparing a fold against it vac
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from onnxfold.graph import walk_graphs
-from onnxfold.modelio import model_bytes
+from onnxfold.graph import default_opset, walk_graphs
+from onnxfold.modelio import (
+    PROTOBUF_LIMIT,
+    has_external_data,
+    inline_external,
+    inline_size,
+    load_model,
+    model_bytes,
+    tensor_data_size,
+)
 from onnxfold.parity.compare import OutputDiff, compare
 from onnxfold.parity.inputs import CannotRun, make_feeds
 from onnxfold.parity.run import first_line, run, session
 from onnxfold.parity.upcast import upcast_to_float32
-from onnxfold.parity.upgrade import CannotUpgrade, upgrade_for_ort
+from onnxfold.parity.upgrade import ORT_MIN_OPSET, CannotUpgrade, upgrade_for_ort
 
 # Allowed max abs error per output, as a fraction of max |reference output|, by the model's
 # least precise float type. float32: a correct fold only reorders roundings (measured <= 5e-6 on
@@ -59,16 +69,35 @@ def precision(model: onnx.ModelProto) -> str:
 
 
 def check_parity(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
+    reference: onnx.ModelProto | str | os.PathLike[str],
+    candidate: onnx.ModelProto | str | os.PathLike[str],
     shapes: dict[str, list[int]] | None = None,
     seed: int = 0,
     rel_tol: float | None = None,
 ) -> ParityReport:
-    """Compare candidate with reference in ORT (optimizations off); no pass that did not run."""
+    """Compare candidate with reference in ORT (optimizations off); no pass that did not run.
+
+    Either model may be a file path: a model with external data must be, since onnxruntime reads
+    its data files relative to the model file."""
+    reference, ref_path = _graph_and_file(reference)
+    candidate, cand_path = _graph_and_file(candidate)
     prec = precision(reference)
     rep = ParityReport("not-run", precision=prec, seed=seed)
     rep.rel_tol = REL_TOL[prec] if rel_tol is None else rel_tol
+    for name, model, path in (("original", reference, ref_path),
+                              ("rewritten", candidate, cand_path)):
+        if path is None and has_external_data(model):
+            rep.reason = f"the {name} model has external data: check it by its file path"
+            return rep
+    if default_opset(reference) < ORT_MIN_OPSET:
+        # Their opset-7 conversions are run from bytes: all data must be in memory.
+        try:
+            reference = _inline(reference, ref_path, "an opset 7 conversion")
+            candidate = _inline(candidate, cand_path, "an opset 7 conversion")
+        except CannotRun as e:
+            rep.reason = f"onnxruntime runs opset >= {ORT_MIN_OPSET} only, and {e}"
+            return rep
+        ref_path = cand_path = None
     try:
         (reference, candidate), note = upgrade_for_ort(reference, candidate)
     except CannotUpgrade as e:
@@ -76,14 +105,19 @@ def check_parity(
         return rep
     if note:
         rep.notes.append(note)
+    cand_run = cand_path or model_bytes(candidate)
     try:
-        ref_sess = session(model_bytes(reference))
+        ref_sess = session(ref_path or model_bytes(reference))
     except Exception as e:  # ORT raises several types; any means "cannot load"
         try:
-            reference, candidate = upcast_to_float32(reference), upcast_to_float32(candidate)
+            reference = upcast_to_float32(_inline(reference, ref_path, "a float32 copy"))
+            candidate = upcast_to_float32(_inline(candidate, cand_path, "a float32 copy"))
             ref_sess = session(model_bytes(reference))
-        except Exception:
+            cand_run = model_bytes(candidate)
+        except Exception as e2:
             rep.reason = f"onnxruntime cannot load the original model: {first_line(e)}"
+            if isinstance(e2, CannotRun):
+                rep.reason += f"; {e2}"
             return rep
         rep.notes.append(
             f"compared float32 copies of both models: onnxruntime's CPU provider cannot run the "
@@ -101,8 +135,9 @@ def check_parity(
     except Exception as e:
         rep.reason = f"onnxruntime cannot run the original model: {first_line(e)}"
         return rep
+    del ref_sess  # one session at a time: each may map gigabytes of weights
     try:
-        got = run(session(model_bytes(candidate)), feeds)
+        got = run(session(cand_run), feeds)
     except Exception as e:
         rep.status, rep.reason = "fail", f"the rewritten model does not run: {first_line(e)}"
         return rep
@@ -113,3 +148,28 @@ def check_parity(
     rep.outputs = [compare(ref_out[k], got[k], k, rep.rel_tol) for k in ref_out]
     rep.status = "pass" if all(d.passed for d in rep.outputs) else "fail"
     return rep
+
+
+def _graph_and_file(
+    model: onnx.ModelProto | str | os.PathLike[str],
+) -> tuple[onnx.ModelProto, str | None]:
+    """The model's proto (external data not read) and the file to run it from, if any."""
+    if isinstance(model, onnx.ModelProto):
+        return model, None
+    return load_model(model), os.fspath(model)
+
+
+def _inline(model: onnx.ModelProto, path: str | None, why: str) -> onnx.ModelProto:
+    """The model with all its data in memory, for `why` (a copy run from bytes); CannotRun if
+    that is over protobuf's limit."""
+    if path is None or not has_external_data(model):
+        return model
+    if inline_size(model) > PROTOBUF_LIMIT:
+        raise CannotRun(
+            f"{why} needs all {tensor_data_size(model)} bytes of tensor data in one protobuf, "
+            "over its 2 GB limit"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inline_external(out, Path(path).parent, path)
+    return out
