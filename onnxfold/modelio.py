@@ -378,7 +378,8 @@ class StagedSave:
     """A model and its data file written to temp files beside the target, not yet in place.
 
     `model_temp` points at `data_temp` and can be checked and run as it is; `commit()` puts
-    both in place (data file first), `discard()` removes whatever is still a temp."""
+    both in place (data file first, then the model rewritten to point at it), `discard()`
+    removes whatever is still a temp: call it in any case."""
 
     model: onnx.ModelProto
     target: Path
@@ -397,7 +398,6 @@ class StagedSave:
         self._final_temp = _write_temp(self.target, model_bytes(self.model))
         os.replace(self.data_temp, self.data_file)
         os.replace(self._final_temp, self.target)
-        os.unlink(self.model_temp)
 
     def discard(self) -> None:
         for p in (self.model_temp, self.data_temp, self._final_temp):
