@@ -20,6 +20,7 @@ from onnxfold.cli import main
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import bn_math
 from onnxfold.parity import check_parity
+from tests import nested
 from tests.builders import conv_bn_model, max_rel_error, ops
 
 # Paths opened (builtins.open, os.open) while armed: proof that a refused file is never read.
@@ -94,12 +95,14 @@ def if_model() -> onnx.ModelProto:
     return m
 
 
-def save_external(model: onnx.ModelProto, path: Path, location: str | None = None) -> Path:
-    """Save as onnx does: initializers of about 1 kB or more in one data file beside the model."""
+def save_external(model: onnx.ModelProto, path: Path, location: str | None = None,
+                  threshold: int = 1024) -> Path:
+    """Save as onnx does: initializers of about `threshold` bytes or more in one data file
+    beside the model."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     onnx.save_model(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location or f"{path.name}.data", size_threshold=1024)
+                    location=location or f"{path.name}.data", size_threshold=threshold)
     return path
 
 
@@ -423,6 +426,24 @@ def test_if_subgraph_location_is_checked_too(capsys, tmp_path):
     assert listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("make", [lambda: nested.if_model(), lambda: nested.if_model(True),
+                                  nested.loop_model], ids=["if", "if-outer-weights", "loop"])
+def test_folds_in_bodies_read_external_weights(capsys, tmp_path, make):
+    """Every weight external (threshold 0), read where the body folds: the result is the same
+    model, byte for byte, as from the inline input."""
+    original = make()
+    inline = tmp_path / "inline.onnx"
+    inline.write_bytes(original.SerializeToString())
+    src = save_external(original, tmp_path / "m.onnx", threshold=0)
+    rc, out_a, _ = run_cli(capsys, "fuse", inline, "-o", tmp_path / "a.onnx")
+    assert rc == 0
+    rc, out_b, err = run_cli(capsys, "fuse", src, "-o", tmp_path / "b.onnx", "--no-external-data")
+    assert (rc, err) == (0, "")
+    assert "check: PASS" in out_b
+    assert out_a.splitlines()[1:-1] == out_b.splitlines()[1:-1]  # all but paths and times
+    assert digest(tmp_path / "a.onnx") == digest(tmp_path / "b.onnx")
+
+
 def test_constant_node_with_external_value_is_read_in(capsys, tmp_path):
     """onnx can store Constant values externally too (convert_attribute): they are read at load;
     a data file only takes initializers, so this output keeps everything inside."""
@@ -450,6 +471,17 @@ def test_float64_external_model_checked_as_float32_copies(capsys, tmp_path):
     assert rc == 0
     assert "check: PASS" in out and "float32 copies" in out
     assert "external data: f64.folded.onnx.data (1 tensor, 36.9 kB)" in out
+
+
+def test_opset6_external_model_checked_on_conversions(capsys, tmp_path):
+    """onnxruntime runs opset >= 7 only: the opset-7 conversions read the data in."""
+    original = conv_bn_model(cin=16, cout=32, opset=6, ir=3, bn_attrs={"is_test": 1, "spatial": 1})
+    src = save_external(original, tmp_path / "old.onnx")
+    rc, out, err = run_cli(capsys, "fuse", src)
+    assert (rc, err) == (0, "")
+    assert "check: PASS" in out and "note: compared opset 7 conversions" in out
+    assert "external data: old.folded.onnx.data (1 tensor, 18.4 kB)" in out
+    onnx.checker.check_model(str(tmp_path / "old.folded.onnx"), full_check=True)
 
 
 def test_api_reads_external_values_and_parity_takes_paths(tmp_path):
