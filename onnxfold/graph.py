@@ -31,6 +31,11 @@ CONST_OPS = {
 }
 
 
+_FLOAT_TYPES = (
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+)  # what numpy calls kind "f" (bfloat16 is not)
+
+
 class Use(NamedTuple):
     node: int  # index into GraphIndex.nodes
     slot: int  # input position; -1 for a read from inside one of the node's subgraphs
@@ -221,9 +226,15 @@ class GraphIndex:
             return False
         if not n.input or not all(n.input):
             return False
-        return all(
-            self.why_not_constant(x) is None and self.value(x).dtype.kind == "f" for x in n.input
-        )
+        return all(self.why_not_constant(x) is None and self._is_float(x) for x in n.input)
+
+    def _is_float(self, name: str) -> bool:
+        """Is the constant a float tensor? Asked of an initializer without reading its data."""
+        if name in self.initializers:
+            return self.initializers[name].data_type in _FLOAT_TYPES
+        if self._from_outer(name):
+            return self.outer._is_float(name)
+        return self.value(name).dtype.kind == "f"
 
     def is_stored(self, name: str) -> bool:
         """Is the constant stored as a tensor (initializer or Constant node) we may rewrite?"""
@@ -247,7 +258,7 @@ class GraphIndex:
             return self._computed[name]
         for a in n.attribute:
             if a.name == "value":
-                return numpy_helper.to_array(a.t)
+                return tensor_array(a.t, self.base_dir)
             if a.name == "value_float":
                 return np.array(a.f, dtype=np.float32)
             if a.name == "value_floats":

@@ -190,3 +190,13 @@ def test_report_names_the_subgraph(tmp_path):
     text = fuse_file(src, dry_run=True).text
     assert "  t_bn -> Conv 't_conv' (Conv+BatchNormalization) [in If 'if' then_branch]" in text
     assert "  e_bn -> Conv 'e_conv' (Conv+BatchNormalization) [in If 'if' else_branch]" in text
+
+
+def test_keep_names_a_node_inside_a_function(tmp_path):
+    from onnxfold.fold.pipeline import fuse_file
+
+    src = tmp_path / "f.onnx"
+    onnx.save(function_model(), src)
+    outcome = fuse_file(src, keep=["conv"], dry_run=True)
+    assert outcome.report["refusals"][0]["code"] == "kept"
+    assert outcome.report["refusals"][0]["where"] == "function 'local.Block'"

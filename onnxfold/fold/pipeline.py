@@ -12,7 +12,7 @@ from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import report
 from onnxfold.fold.engine import fuse, op_counts, select_rules
 from onnxfold.fold.rules import all_rules
-from onnxfold.graph import walk_graphs
+from onnxfold.graph import subgraphs, walk_graphs
 from onnxfold.modelio import (
     PROTOBUF_LIMIT,
     StagedSave,
@@ -226,7 +226,10 @@ def _check_shape_names(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> 
 
 def _check_keep_names(model: onnx.ModelProto, keep: list[str]) -> None:
     """--keep must name nodes of the model: a typo must not silently fold a node."""
-    names = {n.name for g in walk_graphs(model.graph) for n in g.node}
+    graphs = [*walk_graphs(model.graph), *(sg for f in model.functions for n in f.node
+                                           for _, g in subgraphs(n) for sg in walk_graphs(g))]
+    names = {n.name for g in graphs for n in g.node}
+    names |= {n.name for f in model.functions for n in f.node}
     unknown = sorted(set(keep) - names)
     if unknown:
         raise OnnxfoldError("--keep", "names of nodes in the model", ", ".join(unknown))
