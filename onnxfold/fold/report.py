@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from onnxfold.fold.engine import FuseResult
 from onnxfold.parity import ParityReport
+from onnxfold.parity.render import parity_dict, render_check
 
 
 def build(
@@ -40,7 +41,7 @@ def build(
         "ops_after": ops_after,
         "folds": [asdict(f) for f in result.folded],
         "refusals": [asdict(r) for r in result.refused],
-        "check": None if parity is None else _parity_dict(parity),
+        "check": None if parity is None else parity_dict(parity),
     }
 
 
@@ -53,13 +54,6 @@ def _by_op(result: FuseResult) -> dict[str, dict[str, int]]:
             d["folded"] += folded
             d["total"] += 1
     return out
-
-
-def _parity_dict(p: ParityReport) -> dict:
-    d = asdict(p)
-    d["outputs"] = [{**asdict(o), "worst_index": list(o.worst_index), "shape": list(o.shape)}
-                    for o in p.outputs]
-    return d
 
 
 def to_json(report: dict) -> str:
@@ -92,7 +86,7 @@ def render(report: dict, timings: dict[str, float]) -> str:
         for code in sorted(by_code):
             lines.append(f"  {code} ({len(by_code[code])}):")
             lines += [f"    {reason}" for reason in by_code[code]]
-    lines += _render_check(report["check"])
+    lines += render_check(report["check"])
     lines += _render_layout(report)
     parts = ", ".join(f"{k} {v:.2f}" for k, v in timings.items() if k != "total")
     lines.append(f"time: {timings.get('total', 0.0):.2f} s ({parts})")
@@ -119,35 +113,3 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
-
-
-def _render_check(c: dict | None) -> list[str]:
-    if c is None:
-        return ["check: skipped (--no-check or --dry-run)"]
-    if c["status"] == "not-run":
-        return [f"check: NOT RUN: {c['reason']}"]
-    shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in c["inputs"].items())
-    head = (
-        f"check: {'PASS' if c['status'] == 'pass' else 'FAIL'} (onnxruntime {c['onnxruntime']}, "
-        f"graph optimizations off on both sides; seed {c['seed']}; inputs {shapes or 'none'}; "
-        f"{c['precision']}: allowed max abs error {c['rel_tol']:g} x max|ref|)"
-    )
-    lines = [head] + [f"  note: {n}" for n in c["notes"]]
-    if c["reason"]:
-        lines.append(f"  {c['reason']}")
-    if c["outputs"]:
-        w = max(len(o["name"]) for o in c["outputs"] + [{"name": "output"}])
-        lines.append(
-            f"  {'output':<{w}}  {'max|ref|':>10}  {'max abs err':>11}  {'max rel err':>11}  "
-            f"{'allowed':>10}  result"
-        )
-        for o in c["outputs"]:
-            res = "PASS" if o["passed"] else "FAIL"
-            lines.append(
-                f"  {o['name']:<{w}}  {o['ref_max']:>10.4g}  {o['max_abs']:>11.3e}  "
-                f"{o['max_rel']:>11.3e}  {o['tolerance']:>10.3e}  {res}"
-                + ("" if o["passed"] else
-                   f"  worst at {o['worst_index']}: {o['worst_ref']!r} vs {o['worst_got']!r}")
-                + (f"  {o['note']}" if o["note"] else "")
-            )
-    return lines

@@ -28,6 +28,7 @@ class OutputDiff:
     topk: int = 0  # K of the top-K summary (0: none asked for)
     topk_agree: float = 1.0  # share of the reference's top-K elements also in the candidate's
     topk_same_order: bool = True  # the same K indices in the same order
+    trial: int = 0  # which input set (of --trials) this comparison is from
 
 
 def compare(
