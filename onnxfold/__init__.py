@@ -7,4 +7,14 @@ __version__ = "0.1.0"
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold.engine import Fold, FuseResult, Refusal, fuse
 
-__all__ = ["Fold", "FuseResult", "OnnxfoldError", "Refusal", "__version__", "fuse"]
+__all__ = ["Fold", "FuseResult", "OnnxfoldError", "Refusal", "__version__", "check", "fuse"]
+
+
+def check(a, b, **options):
+    """Do model files a and b compute the same thing in onnxruntime? -> ParityReport.
+
+    Options as `onnxfold check` (see onnxfold.parity.job.check); onnxruntime is imported here,
+    not when onnxfold is."""
+    from onnxfold.parity.job import check as _check
+
+    return _check(a, b, **options)

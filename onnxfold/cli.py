@@ -46,7 +46,46 @@ def _parser() -> argparse.ArgumentParser:
         "--no-external-data", dest="external_data", action="store_false",
         help="write every weight inside the output model (at most 2 GB)",
     )
+    _check_parser(sub)
     return p
+
+
+def _check_parser(sub) -> None:
+    from onnxfold.parity.images import RESIZE_MODES
+
+    levels = ("disable", "basic", "extended", "all")
+    c = sub.add_parser("check", help="do two models compute the same thing? (onnxruntime)")
+    c.add_argument("reference", type=Path, help="model A, the reference")
+    c.add_argument("candidate", type=Path, help="model B, compared with A")
+    c.add_argument("--shape", action="append", default=[], metavar="NAME:1x3x416x416",
+                   help="shape for an input with dynamic dims (repeatable); unset dims become 1")
+    c.add_argument("--seed", type=int, default=0, help="seed of the first random input set")
+    c.add_argument("--trials", type=int, default=3, help="random input sets (default 3)")
+    c.add_argument("--range", action="append", default=[], metavar="NAME:LOW:HIGH",
+                   help="random values for an input in [LOW, HIGH) (default 0:1; ints 0:10)")
+    c.add_argument("--inputs", type=Path, metavar="DATA.npz", help="real inputs by name")
+    c.add_argument("--image", action="append", default=[], metavar="NAME=PICTURE",
+                   help="feed a picture (RGB, [0,1], NCHW) to an input (needs Pillow)")
+    c.add_argument("--resize", choices=RESIZE_MODES, default="letterbox",
+                   help="how --image fits the input: letterbox (darknet, default) or stretch")
+    c.add_argument("--ref-opt-level", choices=levels, default="disable",
+                   help="onnxruntime graph optimizations for the reference (default disable)")
+    c.add_argument("--opt-level", choices=levels, default="disable",
+                   help="onnxruntime graph optimizations for the candidate (default disable)")
+    c.add_argument("--map", action="append", default=[], metavar="A_NAME=B_NAME",
+                   help="pair an input or output of A with a differently named one of B")
+    c.add_argument("--positional", action="store_true",
+                   help="pair inputs and outputs by position instead of by name")
+    c.add_argument("--rtol", type=float, help="allowed max abs error as a fraction of max|ref| "
+                   "(default by precision: 1e-4 float32/64, 2e-2 float16, 5e-2 bfloat16)")
+    c.add_argument("--atol", type=float, default=0.0, help="allowed abs error on top (default 0)")
+    c.add_argument("--topk", type=int, default=0, metavar="K",
+                   help="also say whether the K largest values sit at the same places")
+    c.add_argument("--bisect", action="store_true",
+                   help="on a difference, find the first intermediate tensor that differs")
+    c.add_argument("--report", type=Path, metavar="R.json", help="write the report as JSON")
+    c.add_argument("--force", action="store_true", help="overwrite an existing report file")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
 def _names(text: str) -> list[str]:
@@ -60,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         format="onnxfold: %(levelname)s: %(message)s",
     )
     try:
-        return _fuse(args)
+        return {"fuse": _fuse, "check": _check}[args.command](args)
     except OnnxfoldError as e:
         print(f"onnxfold: error: {e}", file=sys.stderr)
         return 2
@@ -89,4 +128,24 @@ def _fuse(args: argparse.Namespace) -> int:
         if args.quiet:  # the numbers are the error's evidence
             print(outcome.text, file=sys.stderr)
         print(f"onnxfold: error: {outcome.error}; nothing written", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _check(args: argparse.Namespace) -> int:
+    from onnxfold.parity.images import parse_image_arg
+    from onnxfold.parity.inputs import parse_range, parse_shape
+    from onnxfold.parity.job import check_files
+    from onnxfold.parity.signature import parse_map
+
+    outcome = check_files(
+        args.reference, args.candidate, args.report, args.force,
+        shapes=dict(parse_shape(s) for s in args.shape), seed=args.seed, trials=args.trials,
+        ranges=dict(parse_range(r) for r in args.range), inputs=args.inputs,
+        images=dict(parse_image_arg(i) for i in args.image), resize=args.resize,
+        rtol=args.rtol, atol=args.atol, ref_opt_level=args.ref_opt_level,
+        opt_level=args.opt_level, mapping=parse_map(args.map), positional=args.positional,
+        topk=args.topk, bisect=args.bisect,
+    )
+    if not args.quiet or outcome.exit_code:
+        print(outcome.text, file=sys.stdout if not args.quiet else sys.stderr)
     return outcome.exit_code
