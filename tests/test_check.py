@@ -234,3 +234,23 @@ def test_numbers_agree_with_polygraphy(pair):
     assert ours.mean_abs == pytest.approx(float(poly.mean_absdiff), rel=1e-9)
     assert ours.max_abs > 0
     assert ort.__version__  # both ran in this process's onnxruntime
+
+
+def test_external_data_pair_and_opset_converted(tmp_path):
+    """Any two models: external-data files run from their paths; an opset-converted copy."""
+    from onnx import version_converter
+
+    m = conv_bn_model()
+    folded = onnxfold.fuse(m).model
+    d = tmp_path / "ext"
+    d.mkdir()
+    for proto, name in ((m, "a"), (folded, "b")):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)  # onnx.save moves the data out of the proto it is given
+        onnx.save(copy, d / f"{name}.onnx", save_as_external_data=True,
+                  location=f"{name}.data", size_threshold=0)
+    rep = onnxfold.check(d / "a.onnx", d / "b.onnx")
+    assert rep.status == "pass" and rep.outputs[0].max_abs > 0
+    converted = save(version_converter.convert_version(m, 18), tmp_path / "c.onnx")
+    rep = onnxfold.check(save(m, tmp_path / "a.onnx"), converted)
+    assert rep.status == "pass" and rep.outputs[0].max_abs == 0.0

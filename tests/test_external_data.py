@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnxfold
 from onnxfold import modelio
 from onnxfold.cli import main
 from onnxfold.errors import OnnxfoldError
@@ -612,3 +613,16 @@ def test_model_over_2gb_that_onnxruntime_cannot_run(capsys, tmp_path):
                           "protobuf, over its 2 GB limit")
     assert "\nexternal data: big.folded.onnx.data (4 tensors, 2.4 GB)\n" in out
     onnx.checker.check_model(str(tmp_path / "big.folded.onnx"), full_check=True)
+
+
+def test_api_fuse_of_external_references_needs_the_folder(tmp_path):
+    from tests.builders import conv_bn_model
+
+    m = conv_bn_model()
+    onnx.save(m, tmp_path / "m.onnx", save_as_external_data=True, location="m.data",
+              size_threshold=0)  # leaves m holding references to m.data
+    with pytest.raises(onnxfold.OnnxfoldError) as e:
+        onnxfold.fuse(m)
+    assert str(e.value) == ("<model>: expected weights in the model, or fuse(model, base_dir=<the "
+                            "model file's folder>), found tensors stored as external data")
+    assert len(onnxfold.fuse(m, base_dir=str(tmp_path)).folded) == 1

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field, replace
 
 import onnx
 
+from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import passthrough
 from onnxfold.fold.rules import Match, Refused, Rule, all_rules, scale
 from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe, subgraphs, walk_graphs
+from onnxfold.modelio import has_external_data
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,11 @@ def fuse(
     `keep`: names of nodes to leave alone (a normalization, or the layer it would fold into).
     `base_dir`: the folder external-data locations are relative to (the model file's folder).
     """
+    if base_dir is None and has_external_data(model):
+        raise OnnxfoldError(
+            "<model>", "weights in the model, or fuse(model, base_dir=<the model file's folder>)",
+            "tensors stored as external data",
+        )
     out = onnx.ModelProto()
     out.CopyFrom(model)
     result = FuseResult(out)
