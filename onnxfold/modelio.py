@@ -45,8 +45,9 @@ _IN_FOLDER = "external data in a regular file inside the model's folder"
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Read and parse an ONNX file; raise OnnxfoldError naming the file on any problem.
 
-    External initializers stay references to their files, every one checked first (see
-    external_ref). External tensors in node attributes or sparse tensors are read in.
+    The model must be well-formed (see wellformed.check). External initializers stay references
+    to their files, every one checked first (see external_ref). External tensors in node
+    attributes or sparse tensors are read in.
     """
     p = Path(path)
     if not p.exists():
@@ -58,6 +59,9 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except OSError as e:
         raise OnnxfoldError(p, _EXPECTED, f"a file that cannot be read ({e.strerror})") from None
     model = parse_model(data, p)
+    from onnxfold import wellformed  # it imports graph, which imports this module
+
+    wellformed.check(model, p)
     refs = [(kind, t, external_ref(t, p.parent, p)) for kind, t in tensors(model) if _is_ext(t)]
     for kind, t, ref in refs:  # only after every location passed its checks
         if kind != "initializer":

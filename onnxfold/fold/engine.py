@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 
 import onnx
 
+from onnxfold import wellformed
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import passthrough
 from onnxfold.fold.rules import Match, Refused, Rule, all_rules, scale
@@ -78,6 +79,7 @@ def fuse(
             "<model>", "weights in the model, or fuse(model, base_dir=<the model file's folder>)",
             "tensors stored as external data",
         )
+    wellformed.check(model, "<model>")  # e.g. a cycle of Identity nodes would never end below
     out = onnx.ModelProto()
     out.CopyFrom(model)
     result = FuseResult(out)
