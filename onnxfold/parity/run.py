@@ -22,7 +22,9 @@ def session(model: bytes | str | os.PathLike[str], level: str = "disable") -> or
         model = os.fspath(model)
     so = ort.SessionOptions()
     so.graph_optimization_level = LEVELS[level]
-    so.log_severity_level = 3  # errors only: ORT's warnings would clutter our report
+    # Fatal only: the report gives ORT's errors itself (one line); ORT's own log lines would add
+    # colour-coded duplicates to stderr.
+    so.log_severity_level = 4
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
