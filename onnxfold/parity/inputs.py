@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 
@@ -9,6 +10,11 @@ import numpy as np
 import onnx
 
 from onnxfold.errors import OnnxfoldError
+
+# Random input data made for one trial, at most: a model's declared input dims (or --shape) are
+# numbers in a file, and 2^40 elements must be refused, not allocated. Images at 4096x4096x3 in
+# float32 take 200 MB.
+MAX_FEED_BYTES = 1 << 30
 
 
 class CannotRun(Exception):
@@ -79,6 +85,7 @@ def make_feeds(
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     notes: list[str] = []
+    total = 0
     for vi in inputs:
         t = vi.type
         if t.WhichOneof("value") != "tensor_type":
@@ -88,6 +95,13 @@ def make_feeds(
             feeds[vi.name] = _checked(vi, given[vi.name], dtype)
             continue
         shape = _shape(vi, shapes.get(vi.name), notes)
+        # numpy draws floats in float64 before the cast: count at least 8 bytes an element
+        total += math.prod(shape) * max(dtype.itemsize, 8)
+        if total > MAX_FEED_BYTES:
+            raise CannotRun(
+                f"input '{vi.name}' of shape {_fmt(shape)} takes the random inputs over the "
+                f"{MAX_FEED_BYTES >> 30} GiB onnxfold allocates for them"
+            )
         feeds[vi.name] = _random(rng, dtype, shape, vi.name, ranges.get(vi.name))
     return feeds, notes
 
