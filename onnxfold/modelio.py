@@ -12,6 +12,7 @@ import errno
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -318,6 +319,16 @@ def model_bytes(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def _test_pause(point: str) -> None:
+    """Test-only: ONNXFOLD_TEST_PAUSE=<point>:<marker file> stops a write at the named point,
+    creates the marker and sleeps, so a test can signal the process there (tests/hostile).
+    Points: temp-open, temp-written, data-partial, data-renamed. Unset: one dict lookup."""
+    spec = os.environ.get("ONNXFOLD_TEST_PAUSE")
+    if spec and spec.partition(":")[0] == point:
+        Path(spec.partition(":")[2]).touch()
+        time.sleep(60)
+
+
 def _usual_mode(path: str | os.PathLike[str]) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -334,10 +345,12 @@ def _write_temp(p: Path, data: bytes) -> Path:
     fd, tmp = _temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
+            _test_pause("temp-open")
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _usual_mode(tmp)
+        _test_pause("temp-written")
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -401,6 +414,7 @@ class StagedSave:
         _set_location(self.model, self.data_file.name)
         self._final_temp = _write_temp(self.target, model_bytes(self.model))
         os.replace(self.data_temp, self.data_file)
+        _test_pause("data-renamed")
         os.replace(self._final_temp, self.target)
 
     def discard(self) -> None:
@@ -444,6 +458,7 @@ def stage_external(
                 entry = t.external_data.add()
                 entry.key, entry.value = key, str(value)
             count, size = count + 1, offset + length
+            _test_pause("data-partial")
         os.ftruncate(fd, size)  # trailing zeros were skipped, not written
         os.fsync(fd)
         os.close(fd)
