@@ -395,8 +395,8 @@ class StagedSave:
     """A model and its data file written to temp files beside the target, not yet in place.
 
     `model_temp` points at `data_temp` and can be checked and run as it is; `commit()` puts
-    both in place (data file first, then the model rewritten to point at it), `discard()`
-    removes whatever is still a temp: call it in any case."""
+    both in place (an old model removed, the data file, then the model rewritten to point at
+    it), `discard()` removes whatever is still a temp: call it in any case."""
 
     model: onnx.ModelProto
     target: Path
@@ -413,6 +413,11 @@ class StagedSave:
     def commit(self) -> None:
         _set_location(self.model, self.data_file.name)
         self._final_temp = _write_temp(self.target, model_bytes(self.model))
+        # An old model (--force) must not outlive its data file: beside the new one it would
+        # read other weights, or silently the wrong ones. Until the last rename the target is
+        # absent, never a model with another run's data.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.target)
         os.replace(self.data_temp, self.data_file)
         _test_pause("data-renamed")
         os.replace(self._final_temp, self.target)
