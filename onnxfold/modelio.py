@@ -358,16 +358,38 @@ def _write_temp(p: Path, data: bytes) -> Path:
     return tmp
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to path via a temp file in the same folder and a rename: never a partial file."""
-    p = Path(path)
-    tmp = _write_temp(p, data)
+@contextlib.contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError while writing path (a read-only folder, a full disk, a file size limit) is a
+    bad output location: OnnxfoldError naming path, exit 2, not a traceback."""
     try:
-        os.replace(tmp, p)
-    except BaseException:
+        yield
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        found = (e.strerror or type(e).__name__).lower() + (f" ({code})" if code else "")
+        raise OnnxfoldError(path, "an output location onnxfold can write", found) from None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str], data: bytes) -> Iterator[None]:
+    """data in a temp file beside path now, renamed into place when the block ends without an
+    error (else removed): a file to put in place only if something else succeeds."""
+    p = Path(path)
+    with writing(p):
+        tmp = _write_temp(p, data)
+    try:
+        yield
+        with writing(p):
+            os.replace(tmp, p)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to path via a temp file in the same folder and a rename: never a partial file."""
+    with atomic_file(path, data):
+        pass
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
@@ -411,6 +433,10 @@ class StagedSave:
         return data_path(self.target)
 
     def commit(self) -> None:
+        with writing(self.target):
+            self._commit()
+
+    def _commit(self) -> None:
         _set_location(self.model, self.data_file.name)
         self._final_temp = _write_temp(self.target, model_bytes(self.model))
         # An old model (--force) must not outlive its data file: beside the new one it would
@@ -438,6 +464,14 @@ def stage_external(
     Edits `model` in place. External tensors still pointing into the source model's files are
     streamed from them in chunks (zero runs become holes: a sparse file); small ones are read in.
     """
+    with writing(data_path(target)):
+        return _stage_external(model, target, source)
+
+
+def _stage_external(
+    model: onnx.ModelProto, target: Path, source: Path | None = None
+) -> StagedSave:
+    """stage_external without the OSError translation."""
     fd, data_temp = _temp(data_path(target))
     try:
         count, size = 0, 0

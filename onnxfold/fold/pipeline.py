@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from onnxfold.graph import subgraphs, walk_graphs
 from onnxfold.modelio import (
     PROTOBUF_LIMIT,
     StagedSave,
+    atomic_file,
     data_path,
     goes_external,
     has_external_data,
@@ -57,6 +60,9 @@ def check_output_path(source: Path, target: Path, force: bool, *taken: Path) -> 
     """
     if not target.parent.is_dir():
         raise OnnxfoldError(target, "a path in an existing folder", f"no folder '{target.parent}'")
+    if not os.access(target.parent, os.W_OK | os.X_OK):  # refused before the work, not after
+        raise OnnxfoldError(target, "a path in a folder onnxfold can write",
+                            f"'{target.parent}' is not writable")
     if target.is_dir():
         raise OnnxfoldError(target, "an output file path", "a directory")
     if source.exists() and _same(source, target):
@@ -158,17 +164,18 @@ def fuse_file(
             result, op_counts(original), op_counts(result.model), parity, str(source),
             str(target) if written else None, dry_run, layout,
         )
-        if written:
-            if staged is not None:
-                staged.commit()
-            else:
-                write_atomic(target, model_bytes(result.model))
-            t = lap("save", t)
+        # The report goes in place only if the model did: one failed write, nothing written.
+        report_bytes = report.to_json(rep).encode()
+        with atomic_file(report_path, report_bytes) if report_path else nullcontext():
+            if written:
+                if staged is not None:
+                    staged.commit()
+                else:
+                    write_atomic(target, model_bytes(result.model))
+                t = lap("save", t)
     finally:
         if staged is not None:
             staged.discard()
-    if report_path is not None:
-        write_atomic(report_path, report.to_json(rep).encode())
     timings["total"] = time.perf_counter() - t0
     return FuseOutcome(0 if ok else 1, rep, timings, error)
 
