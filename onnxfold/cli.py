@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxfoldError as e:
         print(f"onnxfold: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: temp files are gone, targets old or absent (atomic)
+        print("onnxfold: interrupted", file=sys.stderr)
+        return 130
 
 
 def _fuse(args: argparse.Namespace) -> int:
