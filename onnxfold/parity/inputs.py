@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import onnx
@@ -47,17 +48,49 @@ def parse_range(spec: str) -> tuple[str, tuple[float, float]]:
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Named arrays from an .npz file (numpy.savez), never unpickling anything."""
+    """Named arrays from an .npz file (numpy.savez), never unpickling anything, and never
+    allocating what a header merely claims (see _npz_sizes)."""
     try:
+        _npz_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise ValueError("a single .npy array, not named arrays")
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise OnnxfoldError(path, "an .npz file of named input arrays", "no such file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+            zlib.error) as e:  # encrypted or unsupported members, corrupt deflate streams
         raise OnnxfoldError(path, "an .npz file of named input arrays (numpy.savez)",
                             str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _npz_sizes(path: str | os.PathLike[str]) -> None:
+    """Each member's .npy header must describe exactly the bytes that follow it, and all of
+    them at most MAX_FEED_BYTES: numpy allocates the header's shape before reading the data."""
+    total = 0
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise ValueError("no zip archive of .npy arrays (a single .npy array?)") from None
+    with z:
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member '{info.filename}' is not an .npy array")
+            with z.open(info) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read = {1: np.lib.format.read_array_header_1_0,
+                        2: np.lib.format.read_array_header_2_0}.get(major)
+                if read is None:
+                    raise ValueError(f"member '{info.filename}' has .npy version {major}")
+                shape, _, dtype = read(f)
+                need, have = math.prod(shape) * dtype.itemsize, info.file_size - f.tell()
+            if dtype.hasobject or need != have:
+                raise ValueError(f"member '{info.filename}' declares {dtype.str} "
+                                 f"{_fmt(list(shape))} ({need} bytes) and holds {have} bytes")
+            total += need
+            if total > MAX_FEED_BYTES:
+                raise ValueError(f"arrays over the {MAX_FEED_BYTES >> 30} GiB onnxfold reads "
+                                 f"as inputs (at '{info.filename}')")
 
 
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
