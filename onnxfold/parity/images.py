@@ -7,11 +7,14 @@ size. Resampling is Pillow's bilinear filter, close to but not bit-identical wit
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 
 import numpy as np
 
 from onnxfold.errors import OnnxfoldError
+from onnxfold.parity.inputs import MAX_FEED_BYTES
 
 RESIZE_MODES = ("letterbox", "stretch")
 
@@ -47,13 +50,20 @@ def load_image(
         raise OnnxfoldError(path, "an input of shape [N, 3 or 1, H, W] to feed a picture to",
                             f"an input of shape {shape}")
     n, c, height, width = shape
+    if math.prod(shape) * 4 > MAX_FEED_BYTES:  # the input's dims are numbers in a file
+        raise OnnxfoldError(path, f"an input of at most {MAX_FEED_BYTES >> 30} GiB to feed a "
+                            "picture to", f"an input of shape {shape}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            picture = im.convert("RGB" if c == 3 else "L")
+        with warnings.catch_warnings():
+            # Pillow warns from 89M pixels (a "decompression bomb"): refuse it, not decode it.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                picture = im.convert("RGB" if c == 3 else "L")
     except FileNotFoundError:
         raise OnnxfoldError(path, "a picture", "no such file") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
         raise OnnxfoldError(path, "a picture Pillow can read (JPEG, PNG, ...)", str(e)) from None
     w, h = picture.size
     if resize == "stretch":
