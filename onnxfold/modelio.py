@@ -56,6 +56,10 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not p.is_file():
         raise OnnxfoldError(p, _EXPECTED, "a directory" if p.is_dir() else "not a regular file")
     try:
+        size = p.stat().st_size
+        if size > PROTOBUF_LIMIT:  # protobuf cannot parse it: do not read it in to find out
+            raise OnnxfoldError(p, _EXPECTED, f"{size} bytes, over protobuf's 2 GB limit (a "
+                                "model that big keeps its weights in external data files)")
         data = p.read_bytes()
     except OSError as e:
         raise OnnxfoldError(p, _EXPECTED, f"a file that cannot be read ({e.strerror})") from None
