@@ -13,7 +13,6 @@ from onnxfold.darknet.cfg import Cfg
 from onnxfold.darknet.layers import convolutional, maxpool, region, reorg, route
 from onnxfold.darknet.layers.base import Graph, Layer, Options, Shape
 from onnxfold.darknet.weights import Layout
-from onnxfold.errors import OnnxfoldError
 
 OPSET = 13
 IR_VERSION = 7  # the IR of opset 13: loads in every runtime that runs the opset
@@ -65,15 +64,15 @@ def plan(cfg: Cfg, opts: Options, size: tuple[int, int] | None = None) -> Plan:
         elif sec.kind == "region":
             layer = region.parse(sec, prev, sec is cfg.layers[-1], opts.head)
         else:
-            raise OnnxfoldError(f"{cfg.path}:{sec.line}", "a layer onnxfold converts ("
-                                + ", ".join(f"[{k}]" for k in SUPPORTED) + ")",
-                                f"[{sec.kind}] (layer {sec.index})")
+            raise sec.error(None, "a layer onnxfold converts ("
+                            + ", ".join(f"[{k}]" for k in SUPPORTED) + ")",
+                            f"[{sec.kind}], not supported yet")
         shapes[sec.index] = layer.out
         layers.append(layer)
     last = layers[-1]
     if opts.head == "darknet" and last.kind != "region":
-        raise OnnxfoldError(cfg.path, "a [region] layer at the end for --head darknet "
-                            "(or use --head raw)", f"[{last.kind}] as the last layer")
+        raise last.section.error(None, "a [region] layer at the end for --head darknet "
+                                 "(or use --head raw)", f"[{last.kind}] as the last layer")
     return Plan(cfg, inp, layers, opts)
 
 

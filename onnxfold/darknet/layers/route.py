@@ -28,8 +28,8 @@ def parse(sec: Section, shapes: dict[int, Shape]) -> Route:
     for k in sec.get_ints("layers"):
         j = i + k if k < 0 else k
         if not 0 <= j < i:
-            raise sec.error("layers", f"earlier layers (0..{i - 1}, or -1..-{i})",
-                            f"{k} (layer {j})")
+            raise sec.error("layers", f"layers before this one (0..{i - 1} or -{i}..-1)",
+                            f"{k}, which is layer {j}")
         sources.append(j)
     first = shapes[sources[0]]
     for j in sources[1:]:
