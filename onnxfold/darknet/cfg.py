@@ -111,12 +111,6 @@ class Section:
             ok = " or ".join(str(a) for a in allowed)
             raise self.error(key, f"{key}={ok} ({why})", f"{key}={self.raw(key)}")
 
-    def warn_unused(self) -> None:
-        for key, opt in self.options.items():
-            if not opt.used:
-                log.info("%s:%d: [%s] ignores '%s=%s'", self.path, opt.line, self.kind, key,
-                         opt.value)
-
 
 @dataclass
 class Cfg:
@@ -133,7 +127,7 @@ def read_cfg(path: str | os.PathLike[str]) -> Cfg:
     p = Path(path)
     expected = "a darknet .cfg text file"
     if not p.is_file():
-        raise OnnxfoldError(p, expected, "a directory" if p.is_dir() else "no such file")
+        raise OnnxfoldError(p, expected, not_a_file(p))
     try:
         size = p.stat().st_size
         if size > MAX_CFG_BYTES:
@@ -183,3 +177,10 @@ def parse_cfg(text: str, path: str = "<cfg>") -> Cfg:
     if len(sections) == 1:
         raise OnnxfoldError(path, "at least one layer section after [net]", "none")
     return Cfg(path, sections[0], sections[1:], "")
+
+
+def not_a_file(p: Path) -> str:
+    """Why a path that should be a file is not one."""
+    if p.is_dir():
+        return "a directory"
+    return "not a regular file" if p.exists() else "no such file"

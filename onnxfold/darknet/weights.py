@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxfold.darknet.cfg import not_a_file
 from onnxfold.errors import OnnxfoldError
 
 # (layer index, layer kind, [(array name, float count), ...]) in file order
@@ -40,7 +41,7 @@ def read_weights(path: str | os.PathLike[str], layout: Layout) -> Weights:
     p = Path(path)
     expected = "a darknet .weights file"
     if not p.is_file():
-        raise OnnxfoldError(p, expected, "a directory" if p.is_dir() else "no such file")
+        raise OnnxfoldError(p, expected, not_a_file(p))
     size = p.stat().st_size
     if size < 16:
         raise OnnxfoldError(p, f"{expected} (a header of 16 or 20 bytes)", f"{size} bytes")

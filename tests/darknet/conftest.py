@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -11,11 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.darknet.helpers import need_shared
-
-
-def manifest(model: str) -> dict:
-    return json.loads((need_shared() / "ref" / model / "manifest.json").read_text())
+from tests.darknet.helpers import manifest, need_shared
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -27,6 +28,11 @@ def need_shared() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return DARKNET
+
+
+def manifest(model: str) -> dict:
+    """A reference's manifest.json: cfg_run, input, weights, tolerance, layers per flavour."""
+    return json.loads((need_shared() / "ref" / model / "manifest.json").read_text())
 
 
 def write_cfg(path: Path, body: str, net: str = "width=8\nheight=8\nchannels=3") -> Path:

@@ -188,3 +188,11 @@ def test_unreadable_files(tmp_path):
     p.write_bytes(b"[net]\n\xff\xfe\n")
     assert refusal(p) == (f"{p}: expected a darknet .cfg text file in UTF-8 or ASCII, found "
                           "byte 6: invalid start byte")
+
+
+def test_not_a_regular_file(tmp_path):
+    import os
+
+    fifo = tmp_path / "fifo.cfg"
+    os.mkfifo(fifo)
+    assert refusal(fifo) == f"{fifo}: expected a darknet .cfg text file, found not a regular file"
