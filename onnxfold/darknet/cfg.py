@@ -7,6 +7,7 @@ ends and a UTF-8 byte order mark, which darknet chokes on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -34,7 +35,6 @@ _INT = re.compile(r"[+-]?[0-9]+")
 class Option:
     value: str
     line: int
-    used: bool = False
 
 
 @dataclass
@@ -61,10 +61,7 @@ class Section:
 
     def raw(self, key: str) -> str | None:
         opt = self.options.get(key)
-        if opt is None:
-            return None
-        opt.used = True
-        return opt.value
+        return None if opt is None else opt.value
 
     def get_str(self, key: str, default: str) -> str:
         v = self.raw(key)
@@ -122,8 +119,6 @@ class Cfg:
 
 def read_cfg(path: str | os.PathLike[str]) -> Cfg:
     """Parse a darknet cfg file; raise OnnxfoldError on anything darknet would not read."""
-    import hashlib
-
     p = Path(path)
     expected = "a darknet .cfg text file"
     if not p.is_file():
