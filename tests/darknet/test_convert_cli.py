@@ -85,6 +85,12 @@ def test_fold_has_no_batchnorm_and_passes_the_check(bundled):
         assert o.max_abs <= 1e-4 * o.ref_max
 
 
+def test_onnxfold_check_passes_folded_against_unfolded(capsys, bundled):
+    rc, out, err = run(capsys, "check", *bundled)
+    assert (rc, err) == (0, "")
+    assert "check: PASS" in out
+
+
 def test_fold_prints_the_check(capsys, small, tmp_path):
     cfg, weights = small
     rc, out, err = run(capsys, "convert", cfg, weights, "-o", tmp_path / "f.onnx", "--fold")
