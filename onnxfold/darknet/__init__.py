@@ -41,6 +41,8 @@ def convert_darknet(
     if (weights_path is None) == (weights_seed is None):
         raise OnnxfoldError("convert", "a .weights file or --weights-seed (one of them)",
                             "both" if weights_path is not None else "neither")
+    if weights_seed is not None and weights_seed < 0:
+        raise OnnxfoldError("--weights-seed", "an integer >= 0", str(weights_seed))
     p = load_plan(cfg_path, bn_eps, head)
     if weights_path is not None:
         w = read_weights(weights_path, p.layout())

@@ -194,6 +194,8 @@ def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
          "convert: expected a .weights file or --weights-seed (one of them), found both"),
         ([cfg, "-o", out], "convert: expected a .weights file or --weights-seed (one of them), "
          "found neither"),
+        ([cfg, "--weights-seed", "-1", "-o", out], "--weights-seed: expected an integer >= 0, "
+         "found -1"),
         ([cfg, weights, "-o", d / "nowhere" / "x.onnx"],
          f"{d / 'nowhere' / 'x.onnx'}: expected a path in an existing folder, found no folder "
          f"'{d / 'nowhere'}'"),
