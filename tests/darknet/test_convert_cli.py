@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ import pytest
 
 from onnxfold.cli import main
 from onnxfold.parity import check_parity
+from tests.clitools import digest
+from tests.clitools import run_cli as run
 from tests.darknet.helpers import REPO, ops, write_cfg, write_weights
 
 BUNDLED_CFG = REPO / "models" / "yolov2-tiny.cfg"
@@ -22,15 +23,6 @@ SMALL = ("[convolutional]\nbatch_normalize=1\nfilters=12\nsize=3\npad=1\nactivat
 SMALL_FLOATS = 12 * 4 + 12 * 27 + 12 + 12 * 12
 
 
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def digest(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 @pytest.fixture
