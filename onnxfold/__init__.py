@@ -7,7 +7,18 @@ __version__ = "0.1.0"
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold.engine import Fold, FuseResult, Refusal, fuse
 
-__all__ = ["Fold", "FuseResult", "OnnxfoldError", "Refusal", "__version__", "check", "fuse"]
+__all__ = [
+    "Fold", "FuseResult", "OnnxfoldError", "Refusal", "__version__", "check", "convert_darknet",
+    "fuse",
+]
+
+
+def convert_darknet(cfg_path, weights_path=None, **options):
+    """A darknet .cfg (and .weights, or weights_seed=N) as an ONNX model: see
+    onnxfold.darknet.convert_darknet."""
+    from onnxfold.darknet import convert_darknet as _convert
+
+    return _convert(cfg_path, weights_path, **options)
 
 
 def check(a, b, **options):

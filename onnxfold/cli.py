@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         help="write every weight inside the output model (at most 2 GB)",
     )
     _check_parser(sub)
+    _convert_parser(sub)
     return p
 
 
@@ -88,6 +89,25 @@ def _check_parser(sub) -> None:
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("convert", help="darknet .cfg + .weights -> ONNX, as darknet computes it")
+    c.add_argument("cfg", type=Path, help="the darknet .cfg (never modified)")
+    c.add_argument("weights", type=Path, nargs="?", help="the darknet .weights (never modified)")
+    c.add_argument("--weights-seed", type=int, metavar="N",
+                   help="instead of a .weights file: synthetic weights from this seed")
+    c.add_argument("-o", "--output", type=Path, help="output path (default: CFG with .onnx)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    c.add_argument("--bn-eps", choices=["darknet", "alexeyab"], default="darknet",
+                   help="BN formula: darknet (pjreddie) sqrt(var)+1e-6 (default), "
+                   "alexeyab sqrt(var+1e-5)")
+    c.add_argument("--head", choices=["darknet", "raw"], default="darknet",
+                   help="darknet: the [region] layer's output (default); raw: the last conv's")
+    c.add_argument("--fold", action="store_true",
+                   help="also fold BatchNormalization and check parity against the unfolded model")
+    c.add_argument("--seed", type=int, default=0, help="seed of the --fold check's inputs")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -99,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         format="onnxfold: %(levelname)s: %(message)s",
     )
     try:
-        return {"fuse": _fuse, "check": _check}[args.command](args)
+        return {"fuse": _fuse, "check": _check, "convert": _convert}[args.command](args)
     except OnnxfoldError as e:
         print(f"onnxfold: error: {e}", file=sys.stderr)
         return 2
@@ -151,4 +171,18 @@ def _check(args: argparse.Namespace) -> int:
     )
     if not args.quiet or outcome.exit_code:
         print(outcome.text, file=sys.stdout if not args.quiet else sys.stderr)
+    return outcome.exit_code
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from onnxfold.darknet.job import convert_file
+
+    outcome = convert_file(
+        args.cfg, args.weights, args.output, weights_seed=args.weights_seed, bn_eps=args.bn_eps,
+        head=args.head, fold=args.fold, force=args.force, seed=args.seed,
+    )
+    if not args.quiet or outcome.error:
+        print(outcome.text, file=sys.stderr if outcome.error and args.quiet else sys.stdout)
+    if outcome.error:
+        print(f"onnxfold: error: {outcome.error}; nothing written", file=sys.stderr)
     return outcome.exit_code

@@ -60,9 +60,20 @@ def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
         stack.extend(reversed([sg for n in g.node for _, sg in subgraphs(n)]))
 
 
+# The default-domain ops with graph attributes; any other default-domain node has no subgraph,
+# which saves scanning the attributes of every node of a big model.
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
+def may_have_subgraphs(node: onnx.NodeProto) -> bool:
+    return node.op_type in SUBGRAPH_OPS or node.domain not in DEFAULT_DOMAINS
+
+
 def _names_read_by_subgraphs(node: onnx.NodeProto) -> set[str]:
     """Every name a node's subgraphs read; a superset of their outer-scope reads (conservative)."""
     names: set[str] = set()
+    if not may_have_subgraphs(node):
+        return names
     for _, sg in subgraphs(node):
         for g in walk_graphs(sg):
             names.update(i for n in g.node for i in n.input if i)
@@ -157,8 +168,9 @@ class GraphIndex:
         for slot, name in enumerate(n.input):
             if name:
                 self._uses[name].append(Use(i, slot))
-        for name in sorted(_names_read_by_subgraphs(n)):
-            self._uses[name].append(Use(i, -1))
+        if may_have_subgraphs(n):
+            for name in sorted(_names_read_by_subgraphs(n)):
+                self._uses[name].append(Use(i, -1))
 
     # --- queries -------------------------------------------------------------------------
     def uses(self, name: str) -> list[Use]:
@@ -390,9 +402,10 @@ class GraphIndex:
                 for x in inputs:
                     self.drop_if_unused(x)
 
-    def commit(self) -> None:
+    def commit(self, reindex: bool = True) -> None:
         """Write the edits back into the graph (or function), keeping the order of everything
-        kept; the index stays valid for further queries and edits."""
+        kept. With reindex (the default) the index stays valid for further queries and edits;
+        without it the index is done (it saves a pass over a big graph)."""
         g = self.graph
         if self._removed_nodes or self._new_constants:
             new = [self.nodes[i] for i in self._new_constants]  # first: they feed later nodes
@@ -430,7 +443,8 @@ class GraphIndex:
         self.nodes = list(g.node)
         if not self.is_function:
             self.initializers = {t.name: t for t in g.initializer}
-        self._reindex()
+        if reindex:
+            self._reindex()
 
     def _reindex(self) -> None:
         self.producer = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -17,31 +16,16 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxfold
-from onnxfold.cli import main
 from onnxfold.fold import bn_math
 from tests.builders import conv_bn_model, ops
+from tests.clitools import digest, listing, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "tiny-yolov2-backbone.onnx"
 NOT_ONNX = "expected an ONNX model (a serialized onnx.ModelProto)"
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    """main() in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
-
-def digest(path: Path) -> str:
-    """sha256 of a file: compares model bytes without a multi-megabyte diff on failure."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder: Path) -> list[str]:
-    """Every file and folder under `folder`, hidden temp files included."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

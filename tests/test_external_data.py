@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from onnxfold.fold import bn_math
 from onnxfold.parity import check_parity
 from tests import nested
 from tests.builders import conv_bn_model, max_rel_error, ops
+from tests.clitools import digest, listing, run_cli
 
 # Paths opened (builtins.open, os.open) while armed: proof that a refused file is never read.
 _OPENED: list[str] = []
@@ -40,20 +40,7 @@ IN_FOLDER = "expected external data in a regular file inside the model's folder"
 W_BYTES = 32 * 16 * 3 * 3 * 4  # the Conv weight of weights_model(): FLOAT 32x16x3x3
 
 
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def listing(folder: Path) -> list[str]:
-    """Every file and folder under `folder`, hidden temp files included."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def read_at(path: Path, offset: int, length: int) -> bytes:

@@ -13,7 +13,14 @@ from onnxfold import wellformed
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import passthrough
 from onnxfold.fold.rules import Match, Refused, Rule, all_rules, scale
-from onnxfold.graph import DEFAULT_DOMAINS, GraphIndex, describe, subgraphs, walk_graphs
+from onnxfold.graph import (
+    DEFAULT_DOMAINS,
+    GraphIndex,
+    describe,
+    may_have_subgraphs,
+    subgraphs,
+    walk_graphs,
+)
 from onnxfold.modelio import has_external_data
 
 log = logging.getLogger(__name__)
@@ -144,7 +151,8 @@ def _fuse_body(g: GraphIndex, ctx: _Context, where: str) -> None:
             result.refused.append(
                 Refusal(_label(node), "internal-error", reason, node.op_type, where)
             )
-    g.commit()
+    nested = any(True for n in g.nodes if may_have_subgraphs(n) for _ in subgraphs(n))
+    g.commit(reindex=nested)
     released: set[str] = set()
     for parent in g.nodes:
         for attr, sg in subgraphs(parent):

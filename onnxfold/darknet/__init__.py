@@ -1,0 +1,88 @@
+"""darknet .cfg + .weights -> ONNX, computing what darknet computes (see README, `convert`)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from onnxfold.darknet.build import Converted, Plan, build, plan
+from onnxfold.darknet.cfg import read_cfg
+from onnxfold.darknet.layers.base import BN_FLAVOURS, HEADS, Options
+from onnxfold.darknet.layers.convolutional import Convolutional
+from onnxfold.darknet.layers.region import Region
+from onnxfold.darknet.weights import read_weights
+from onnxfold.errors import OnnxfoldError
+
+__all__ = ["BN_FLAVOURS", "HEADS", "Converted", "convert_darknet", "load_plan"]
+DEFAULT_BN_EPS = "darknet"
+DEFAULT_HEAD = "darknet"
+
+
+def load_plan(cfg_path: str | os.PathLike[str], bn_eps: str = DEFAULT_BN_EPS,
+              head: str = DEFAULT_HEAD) -> Plan:
+    """Parse a cfg and lay out its layers; raises OnnxfoldError for what we cannot convert."""
+    if bn_eps not in BN_FLAVOURS:
+        raise OnnxfoldError("--bn-eps", " or ".join(BN_FLAVOURS), repr(bn_eps))
+    if head not in HEADS:
+        raise OnnxfoldError("--head", " or ".join(HEADS), repr(head))
+    return plan(read_cfg(cfg_path), Options(bn_eps, head))
+
+
+def convert_darknet(
+    cfg_path: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str] | None = None,
+    *,
+    weights_seed: int | None = None,
+    bn_eps: str = DEFAULT_BN_EPS,
+    head: str = DEFAULT_HEAD,
+) -> Converted:
+    """Convert a darknet network; weights from a .weights file or synthetic ones from a seed."""
+    if (weights_path is None) == (weights_seed is None):
+        raise OnnxfoldError("convert", "a .weights file or --weights-seed (one of them)",
+                            "both" if weights_path is not None else "neither")
+    if weights_seed is not None and weights_seed < 0:
+        raise OnnxfoldError("--weights-seed", "an integer >= 0", str(weights_seed))
+    p = load_plan(cfg_path, bn_eps, head)
+    if weights_path is not None:
+        w = read_weights(weights_path, p.layout())
+        arrays, source = w.arrays, f"sha256:{w.sha256}"
+        _check_variances(p, arrays, os.fspath(weights_path))
+    else:
+        from onnxfold.darknet.synth import synthetic_arrays
+
+        arrays, source = synthetic_arrays(p, weights_seed), f"synthetic, seed {weights_seed}"
+    return build(p, arrays, metadata(p, source))
+
+
+def metadata(p: Plan, weights: str) -> dict[str, str]:
+    """What a user of the model needs to decode it, recorded in metadata_props."""
+    s = p.input
+    meta = {
+        "darknet.cfg": f"{os.path.basename(p.cfg.path)} sha256:{p.cfg.sha256}",
+        "darknet.weights": weights,
+        "darknet.input": f"images 1x{s.c}x{s.h}x{s.w} float32 RGB in [0,1], planar (CHW)",
+        "darknet.width": str(s.w),
+        "darknet.height": str(s.h),
+        "darknet.head": p.opts.head,
+        "darknet.bn_eps": p.opts.bn_eps,
+    }
+    last = p.layers[-1]
+    if isinstance(last, Region):
+        meta["darknet.classes"] = str(last.classes)
+        meta["darknet.num"] = str(last.num)
+        meta["darknet.coords"] = str(last.coords)
+        meta["darknet.anchors"] = ",".join(str(a) for a in last.anchors)
+    return meta
+
+
+def _check_variances(p: Plan, arrays: dict[int, dict[str, np.ndarray]], source: str) -> None:
+    """A negative running variance has no square root: darknet would compute NaN."""
+    for layer in p.layers:
+        if isinstance(layer, Convolutional) and layer.batch_normalize:
+            var = arrays[layer.index]["rolling_variance"]
+            bad = np.flatnonzero(var < 0)
+            if bad.size:
+                c = int(bad[0])
+                raise OnnxfoldError(source, "rolling_variance >= 0 in every batch-normalized "
+                                    "layer", f"layer {layer.index} channel {c}: {float(var[c])!r}")

@@ -1,0 +1,87 @@
+"""`onnxfold convert` on files: convert, optionally fold and prove it, then write atomically."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from onnxfold.darknet import convert_darknet
+from onnxfold.errors import OnnxfoldError
+from onnxfold.modelio import model_bytes, write_atomic
+
+
+@dataclass
+class ConvertOutcome:
+    exit_code: int  # 0 written; 1 the folded model failed its check (nothing written)
+    text: str
+    error: str = ""
+
+
+def default_output(cfg: Path) -> Path:
+    return cfg.with_name(f"{cfg.stem}.onnx")
+
+
+def convert_file(
+    cfg: Path,
+    weights: Path | None,
+    output: Path | None = None,
+    *,
+    weights_seed: int | None = None,
+    bn_eps: str = "darknet",
+    head: str = "darknet",
+    fold: bool = False,
+    force: bool = False,
+    seed: int = 0,
+) -> ConvertOutcome:
+    """The whole `onnxfold convert` job; raises OnnxfoldError for bad input (exit 2)."""
+    from onnxfold.fold.pipeline import check_output_path
+
+    t0 = time.perf_counter()
+    target = output or default_output(cfg)
+    check_output_path(cfg, target, force)
+    if weights is not None and weights.exists() and weights.resolve() == target.resolve():
+        raise OnnxfoldError(target, "an output path other than the input", "the weights file")
+    conv = convert_darknet(cfg, weights, weights_seed=weights_seed, bn_eps=bn_eps, head=head)
+    model = conv.model
+    onnx.checker.check_model(model, full_check=True)
+    source = f"{cfg} + {weights}" if weights is not None else f"{cfg} (weights seed {weights_seed})"
+    s, out = conv.plan.input, model.graph.output[0].type.tensor_type.shape.dim
+    lines = [
+        f"onnxfold convert: {source} -> {target}",
+        f"{len(conv.plan.layers)} darknet layers; head {head}, bn-eps {bn_eps}; input images "
+        f"1x{s.c}x{s.h}x{s.w}, output {'x'.join(str(d.dim_value) for d in out)}",
+    ]
+    if fold:
+        model, text, error = _fold(model, seed)
+        lines += text
+        if error:
+            return ConvertOutcome(1, "\n".join(lines), error)
+    else:
+        counts = Counter(n.op_type for n in model.graph.node)
+        lines.append("ops: " + ", ".join(f"{op} {counts[op]}" for op in sorted(counts)))
+    write_atomic(target, model_bytes(model))
+    lines.append(f"time: {time.perf_counter() - t0:.2f} s")
+    return ConvertOutcome(0, "\n".join(lines))
+
+
+def _fold(model: onnx.ModelProto, seed: int) -> tuple[onnx.ModelProto, list[str], str]:
+    """Fold every BatchNormalization and prove the result against the unfolded conversion."""
+    from onnxfold import fuse
+    from onnxfold.fold import report
+    from onnxfold.fold.engine import op_counts
+    from onnxfold.parity import check_parity
+
+    result = fuse(model)
+    onnx.checker.check_model(result.model, full_check=True)
+    parity = check_parity(model, result.model, seed=seed)
+    rep = report.build(result, op_counts(model), op_counts(result.model), parity, "", None)
+    text = report.render(rep, {}).splitlines()[1:-1]  # without the fuse header and timings
+    if result.refused:
+        return result.model, text, f"{len(result.refused)} BatchNormalization not folded"
+    if parity.status != "pass":
+        return result.model, text, f"the folded model's check did not pass ({parity.status})"
+    return result.model, text, ""
