@@ -102,8 +102,8 @@ def check_files(
     if report_path is not None:
         from onnxfold.fold.pipeline import check_output_path
 
-        check_output_path(a, report_path, force, b)
-        check_output_path(b, report_path, force, a)
+        check_output_path(a, report_path, force)
+        check_output_path(b, report_path, force)
     rep = check(a, b, **kwargs)
     if report_path is not None:
         import json
