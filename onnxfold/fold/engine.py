@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import onnx
 
 from onnxfold import wellformed
@@ -135,12 +136,15 @@ def _fuse_body(g: GraphIndex, ctx: _Context, where: str) -> None:
         else:
             continue
         try:
-            try:
-                fold = _fold_one(g, i, *attempt, ctx.keep)
-            except Refused as e:
-                if e.code != "no-producer" or not ctx.forward or not _is_norm(node):
-                    raise
-                fold = _fold_forward(g, i, ctx.forward, ctx.keep, e)
+            # numpy's warnings (a signalling NaN cast, an overflow) went to stderr: the rules
+            # check what they compute is finite and say so in a refusal.
+            with np.errstate(all="ignore"):
+                try:
+                    fold = _fold_one(g, i, *attempt, ctx.keep)
+                except Refused as e:
+                    if e.code != "no-producer" or not ctx.forward or not _is_norm(node):
+                        raise
+                    fold = _fold_forward(g, i, ctx.forward, ctx.keep, e)
             result.folded.append(replace(fold, where=where))
         except Refused as e:
             result.refused.append(Refusal(_label(node), e.code, e.reason, node.op_type, where))
