@@ -123,7 +123,11 @@ def make_feeds(
         t = vi.type
         if t.WhichOneof("value") != "tensor_type":
             raise CannotRun(f"input '{vi.name}' is a {t.WhichOneof('value')}, not a tensor")
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise CannotRun(f"input '{vi.name}' has elem_type {t.tensor_type.elem_type}, "
+                            "which has no numpy dtype") from None
         if vi.name in given:
             feeds[vi.name] = _checked(vi, given[vi.name], dtype)
             continue
