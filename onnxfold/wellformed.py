@@ -14,7 +14,7 @@ import math
 import os
 
 import onnx
-from onnx import TensorProto
+from onnx import AttributeProto, TensorProto
 
 from onnxfold.errors import OnnxfoldError
 from onnxfold.graph import DEFAULT_DOMAINS, describe, subgraphs
@@ -24,6 +24,7 @@ _PER_ELEMENT = {TensorProto.COMPLEX64: 2, TensorProto.COMPLEX128: 2}  # typed va
 _PACKED = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
            if hasattr(TensorProto, n)}
 _DTYPES = set(TensorProto.DataType.values())
+_ATTR_TYPES = set(AttributeProto.AttributeType.values())
 
 
 def check(model: onnx.ModelProto, file: str | os.PathLike[str]) -> None:
@@ -62,6 +63,9 @@ def check_tensor(t: TensorProto, file) -> None:
     if name is None or t.data_type == TensorProto.UNDEFINED:
         raise OnnxfoldError(file, "a tensor of a known dtype",
                             f"tensor '{t.name}' with data_type {t.data_type}")
+    if t.HasField("segment"):
+        raise OnnxfoldError(file, "a tensor in one piece (onnx reads no segments)",
+                            f"tensor '{t.name}' with a segment")
     if any(d < 0 for d in t.dims):
         raise OnnxfoldError(file, "tensor dims >= 0", f"tensor '{t.name}' with dims {list(t.dims)}")
     n = math.prod(t.dims)
@@ -134,6 +138,8 @@ def _check_graph(g: onnx.GraphProto, outer: set[str], imports: dict[str, int], f
                  file, where: str = "") -> None:
     """Names in g: each defined once (SSA), every read defined before it (by an input, an
     initializer, an earlier node or an enclosing graph), outputs defined."""
+    for vi in (*g.input, *g.output, *g.value_info):
+        _check_type(vi.type, f"'{vi.name}'{_in(where)}", file)
     defined: set[str] = set()
     inits = [t.name for t in g.initializer] + [t.values.name for t in g.sparse_initializer]
     for name in inits:
@@ -148,6 +154,20 @@ def _check_graph(g: onnx.GraphProto, outer: set[str], imports: dict[str, int], f
         defined.add(vi.name)
     _check_nodes(list(g.node), defined | outer, {o.name for o in g.output}, imports, functions,
                  file, where, local=defined)
+
+
+def _check_type(tp: onnx.TypeProto, what: str, file) -> None:
+    """Element types in a value's type must be dtypes onnx knows (0: not given)."""
+    kind = tp.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        et = getattr(tp, kind).elem_type
+        if et not in _DTYPES:
+            raise OnnxfoldError(file, "value types of known dtypes",
+                                f"{what} with elem_type {et}")
+    elif kind in ("sequence_type", "optional_type"):
+        _check_type(getattr(tp, kind).elem_type, what, file)
+    elif kind == "map_type":
+        _check_type(tp.map_type.value_type, what, file)
 
 
 def _in(where: str) -> str:
@@ -250,6 +270,20 @@ def _check_node(n: onnx.NodeProto, imports: dict[str, int], functions, file, whe
     except onnx.defs.SchemaError:
         raise OnnxfoldError(file, f"an operator of the default domain at opset {imports[domain]}",
                             f"{describe(n)}{_in(where)}") from None
+    for a in n.attribute:
+        spec = s.attributes.get(a.name)
+        op = f"{n.op_type} (opset {s.since_version})"
+        if spec is None:
+            raise OnnxfoldError(file, f"attributes {op} defines",
+                                f"{describe(n)} with '{a.name}'{_in(where)}")
+        if a.type != int(spec.type.value):
+            kind = AttributeProto.AttributeType.Name(a.type) if a.type in _ATTR_TYPES else a.type
+            raise OnnxfoldError(file, f"'{a.name}' of type {spec.type.name} for {op}",
+                                f"{describe(n)} with '{a.name}' of type {kind}{_in(where)}")
+    for name in sorted(k for k, spec in s.attributes.items() if spec.required):
+        if name not in seen:
+            raise OnnxfoldError(file, f"attribute '{name}' for {n.op_type} (opset "
+                                f"{s.since_version})", f"{describe(n)} without it{_in(where)}")
     for kind, count, lo, hi in (("inputs", len(n.input), s.min_input, s.max_input),
                                 ("outputs", len(n.output), s.min_output, s.max_output)):
         if not lo <= count <= hi:
