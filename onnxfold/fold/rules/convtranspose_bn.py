@@ -17,7 +17,9 @@ class ConvTransposeBatchNorm(ConvBatchNorm):
 
     def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:
         group = attrs(node).get("group", 1)
-        return w.shape[1] * group if group >= 1 and w.shape[0] % group == 0 else None
+        if w.ndim < 3 or group < 1 or w.shape[0] % group:
+            return None
+        return w.shape[1] * group
 
     def fold_weight(self, w, b, s, t, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray]:
         return bn_math.fold_conv_transpose(w, b, s, t, attrs(node).get("group", 1))
