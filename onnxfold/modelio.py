@@ -89,7 +89,34 @@ def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.M
         raise OnnxfoldError(path, _EXPECTED, f"{len(data)} bytes with no ir_version or no graph")
     if not any(o.domain in ("", "ai.onnx") for o in model.opset_import):
         raise OnnxfoldError(path, _EXPECTED, "a model with no opset_import for the default domain")
+    bad = _not_utf8(model)
+    if bad:
+        raise OnnxfoldError(path, "names and strings in UTF-8", bad)
     return model
+
+
+def _not_utf8(msg) -> str:
+    """Where a string field holds bytes that are not UTF-8, or "". Protobuf hands such a field
+    over as bytes, not str: an op_type b'\xffatchNormalization' broke lookups far away."""
+    for field, value in msg.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        values = value if _repeated(field) else [value]
+        if field.type == field.TYPE_STRING:
+            bad = next((v for v in values if isinstance(v, bytes)), None)
+            if bad is not None:
+                return f"{msg.DESCRIPTOR.name}.{field.name} {bad[:40]!r}"
+        else:
+            found = next((f for f in map(_not_utf8, values) if f), "")
+            if found:
+                return found
+    return ""
+
+
+def _repeated(field) -> bool:
+    if hasattr(field, "is_repeated"):  # protobuf >= 6 (7 has no .label)
+        return field.is_repeated
+    return field.label == field.LABEL_REPEATED
 
 
 def tensor_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None):
