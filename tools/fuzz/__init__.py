@@ -1,0 +1,1 @@
+"""Fuzz harness for onnxfold: see __main__.py and the README (Fuzzing)."""
