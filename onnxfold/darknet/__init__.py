@@ -13,6 +13,8 @@ from onnxfold.darknet.layers.convolutional import Convolutional
 from onnxfold.darknet.layers.region import Region
 from onnxfold.darknet.weights import read_weights
 from onnxfold.errors import OnnxfoldError
+from onnxfold.modelio import PROTOBUF_LIMIT
+from onnxfold.parity.inputs import MAX_FEED_BYTES
 
 __all__ = ["BN_FLAVOURS", "HEADS", "Converted", "convert_darknet", "load_plan"]
 DEFAULT_BN_EPS = "darknet"
@@ -44,6 +46,7 @@ def convert_darknet(
     if weights_seed is not None and weights_seed < 0:
         raise OnnxfoldError("--weights-seed", "an integer >= 0", str(weights_seed))
     p = load_plan(cfg_path, bn_eps, head)
+    check_sizes(p)
     if weights_path is not None:
         w = read_weights(weights_path, p.layout())
         arrays, source = w.arrays, f"sha256:{w.sha256}"
@@ -53,6 +56,27 @@ def convert_darknet(
 
         arrays, source = synthetic_arrays(p, weights_seed), f"synthetic, seed {weights_seed}"
     return build(p, arrays, metadata(p, source))
+
+
+def check_sizes(p: Plan) -> None:
+    """Refuse, from the cfg alone and before anything is read or allocated, a network whose
+    weights cannot fit one ONNX file (protobuf's 2 GB) or one of whose layer outputs is over
+    MAX_FEED_BYTES (synthetic weights are calibrated by running every layer; --fold runs the
+    model): `filters=2000000000` is a number in a text file."""
+    s = p.input
+    if 4 * s.c * s.h * s.w > MAX_FEED_BYTES:
+        raise p.cfg.net.error(None, f"an input of at most {MAX_FEED_BYTES >> 30} GiB",
+                              f"1x{s}")
+    total = 0
+    for layer in p.layers:
+        total += sum(n for _, n in layer.blobs)
+        if 4 * total > PROTOBUF_LIMIT - (16 << 20):
+            raise layer.section.error(None, "a network whose weights fit one ONNX file (2 GB)",
+                                      f"{total} float32 weights up to this layer")
+        out = layer.out
+        if 4 * out.c * out.h * out.w > MAX_FEED_BYTES:
+            raise layer.section.error(None, f"layer outputs of at most {MAX_FEED_BYTES >> 30} "
+                                      "GiB (onnxfold runs the network)", f"1x{out}")
 
 
 def metadata(p: Plan, weights: str) -> dict[str, str]:
