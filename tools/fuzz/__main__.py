@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 
 def strategies_and_tests(targets, mutate):
-    """The hypothesis tests, one per target name."""
+    """One function per target, drawing its input from a hypothesis `data` object."""
     seeds = targets.seed_models()
     blobs = [m.SerializeToString() for m in seeds]
 
@@ -39,13 +39,11 @@ def strategies_and_tests(targets, mutate):
         except Exception:  # protobuf refuses some edits at serialization (invalid UTF-8)
             return m, None
 
-    @given(st.data())
     def onnx_mutated(data):
         _, blob = mutated(data)
         if blob is not None:
             targets.onnx_bytes(blob)
 
-    @given(st.data())
     def onnx_damaged(data):
         blob = data.draw(st.sampled_from(blobs))
         how = data.draw(st.sampled_from(["truncate", "flip", "insert", "random"]))
@@ -61,7 +59,6 @@ def strategies_and_tests(targets, mutate):
             blob = data.draw(st.binary(max_size=2048))
         targets.onnx_bytes(blob, parity=False)
 
-    @given(st.data())
     def fuse_file(data):
         m, _ = mutated(data)
         side = bytearray()
@@ -82,7 +79,6 @@ def strategies_and_tests(targets, mutate):
             return
         targets.fuse_cli(blob, bytes(side))
 
-    @given(st.data())
     def npz(data):
         arrays = {f"a{k}": np.zeros(data.draw(st.lists(st.integers(0, 4), max_size=3)),
                                     data.draw(st.sampled_from(["<f4", "<i8", "|b1", "<f2"])))
@@ -101,8 +97,69 @@ def strategies_and_tests(targets, mutate):
             blob = _npy_zip(data)
         targets.npz_bytes(blob)
 
+    def darknet_cfg(data):
+        lines = targets.SEED_CFG.decode().split("\n")
+        for _ in range(data.draw(st.integers(1, 4))):
+            _edit_cfg_line(data, lines)
+        text = "\n".join(lines).encode()
+        if data.draw(st.integers(0, 9)) == 0:  # bytes no text editor would write
+            k = data.draw(st.integers(0, len(text)))
+            text = text[:k] + data.draw(st.sampled_from(CFG_BYTES)) + text[k:]
+        targets.darknet(text, None, data.draw(st.booleans()),
+                        data.draw(st.sampled_from(["darknet", "raw"])))
+
+    def darknet_weights(data):
+        floats = np.random.default_rng(0).uniform(0.5, 1.5, WEIGHTS_FLOATS).astype("<f4")
+        major, minor, rev = (data.draw(st.sampled_from([0, 1, 2, 999, 1000, -1, 2**31 - 1,
+                                                        -(2**31)])) for _ in range(3))
+        head = np.array([major, minor, rev], "<i4").tobytes()
+        head += data.draw(st.sampled_from([b"\0" * 8, b"\0" * 4, b"\xff" * 8]))
+        blob = bytearray(head + floats.tobytes())
+        how = data.draw(st.sampled_from(["as-is", "cut", "grow", "flip", "nan"]))
+        if how == "cut":
+            del blob[data.draw(st.integers(0, len(blob))):]
+        elif how == "grow":
+            blob += data.draw(st.binary(min_size=1, max_size=9))
+        elif how in ("flip", "nan"):
+            k = data.draw(st.integers(0, len(blob) - 4))
+            blob[k:k + 4] = (b"\x00\x00\xc0\x7f" if how == "nan"
+                             else bytes(x ^ 0xFF for x in blob[k:k + 4]))
+        targets.darknet(WEIGHTS_CFG, bytes(blob), data.draw(st.booleans()), "raw")
+
     return {"onnx-mutated": onnx_mutated, "onnx-damaged": onnx_damaged,
-            "fuse-file": fuse_file, "npz": npz}
+            "fuse-file": fuse_file, "npz": npz, "darknet-cfg": darknet_cfg,
+            "darknet-weights": darknet_weights}
+
+
+# A conv 3->4 (3x3, BN) and a conv 4->2 (1x1): 134 floats after the header.
+WEIGHTS_CFG = (b"[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nbatch_normalize=1\n"
+               b"filters=4\nsize=3\npad=1\nactivation=leaky\n\n[convolutional]\nfilters=2\n"
+               b"size=1\nactivation=linear\n")
+WEIGHTS_FLOATS = 134
+CFG_VALUES = ["0", "1", "-1", "2", "3", "7", "-2", "-99", "2147483648", "2000000000", "1e9", "abc",
+              "1,2", ",", "nan", "inf", "0x10", "+3", "1.5", "99999999999999999999"]
+CFG_LINES = ["groups=2", "stride=0", "layers=5", "layers=-99", "layers=", "batch_normalize=0",
+             "pad=0", "padding=7", "foo=1", "[bogus]", "[route]", "[convolutional]", "[net]",
+             "[maxpool]", "[reorg]", "[region]", "activation=mish", "dilation=2", "size=0",
+             "filters=2000000000", "anchors=", "num=0", "classes=-1", "=", "[", "[]", "#x",
+             "\tsize = 3 ", "width=0", "stride_x=2", "coords=5", "softmax=0", "size=2"]
+CFG_BYTES = [b"\xff", b"\xef\xbb\xbf", b"\r", b"\x00", b"\xe9", b"\t", b"\r\n"]
+
+
+def _edit_cfg_line(data, lines: list[str]) -> None:
+    k = data.draw(st.integers(0, len(lines) - 1))
+    how = data.draw(st.sampled_from(["value", "drop", "dup", "insert", "swap"]))
+    if how == "value" and "=" in lines[k]:
+        lines[k] = lines[k].split("=")[0] + "=" + data.draw(st.sampled_from(CFG_VALUES))
+    elif how == "drop":
+        del lines[k]
+    elif how == "dup":
+        lines.insert(k, lines[k])
+    elif how == "insert":
+        lines.insert(k, data.draw(st.sampled_from(CFG_LINES)))
+    else:
+        j = data.draw(st.integers(0, len(lines) - 1))
+        lines[k], lines[j] = lines[j], lines[k]
 
 
 def _npy_zip(data) -> bytes:
@@ -148,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "atheris":
         if len(names) != 1:
             p.error("--engine atheris fuzzes one --target")
-        atheris.Setup([sys.argv[0], *rest], tests[names[0]].hypothesis.fuzz_one_input)
+        test = given(st.data())(tests[names[0]])
+        atheris.Setup([sys.argv[0], *rest], test.hypothesis.fuzz_one_input)
         atheris.Fuzz()
         return 0
 
@@ -172,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() >= stop:
                     break
                 n, s = 50, rng.randrange(2**32)
-            t = settings(max_examples=n, **base)(test)
+            t = settings(max_examples=n, **base)(given(st.data())(test))
             if s is not None:
                 t = hseed(s)(t)
             try:

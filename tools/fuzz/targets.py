@@ -20,6 +20,7 @@ from pathlib import Path
 import onnx
 
 from onnxfold import wellformed
+from onnxfold.darknet.job import convert_file
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold.engine import fuse
 from onnxfold.fold.pipeline import fuse_file
@@ -30,6 +31,7 @@ from onnxfold.parity.inputs import load_npz
 LIMIT = 10  # seconds per input: a loop a file can make endless is a finding, not a stuck run
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = sorted((REPO / "tests" / "corpus").glob("*.onnx"))
+SEED_CFG = (Path(__file__).parent / "seeds" / "yolov2-mini.cfg").read_bytes()
 STATS: Counter[str] = Counter()  # outcomes by target, for the run's report
 
 
@@ -133,6 +135,28 @@ def npz_bytes(data: bytes) -> None:
         p = Path(d) / "in.npz"
         p.write_bytes(data)
         load_npz(p)
+
+
+def darknet(cfg: bytes, weights: bytes | None, fold: bool, head: str) -> None:
+    """`onnxfold convert` on a cfg (and a .weights file, else synthetic weights): an
+    OnnxfoldError, or a model that is well-formed, passes the checker, and folds without an
+    internal error."""
+    with guarded("darknet"), tempfile.TemporaryDirectory() as d:
+        c = Path(d) / "net.cfg"
+        c.write_bytes(cfg)
+        w = None
+        if weights is not None:
+            w = Path(d) / "net.weights"
+            w.write_bytes(weights)
+        outcome = convert_file(c, w, weights_seed=None if w else 0, head=head, fold=fold)
+        STATS[f"darknet: exit {outcome.exit_code}"] += 1
+        model = onnx.load(Path(d) / "net.onnx") if outcome.exit_code == 0 else None
+        if model is not None:
+            wellformed.check(model, "converted")
+            result = fuse(model)
+            internal = [r.reason for r in result.refused if r.code == "internal-error"]
+            if internal:
+                raise Finding(f"internal error folding a conversion: {internal[0]}")
 
 
 def quiet() -> None:
