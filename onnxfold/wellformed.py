@@ -284,6 +284,9 @@ def _check_node(n: onnx.NodeProto, imports: dict[str, int], functions, file, whe
         if name not in seen:
             raise OnnxfoldError(file, f"attribute '{name}' for {n.op_type} (opset "
                                 f"{s.since_version})", f"{describe(n)} without it{_in(where)}")
+    if n.op_type == "Constant" and len(seen) != 1:  # its attributes are each optional
+        raise OnnxfoldError(file, "a Constant with exactly one value attribute",
+                            f"{describe(n)} with {len(seen)}{_in(where)}")
     for kind, count, lo, hi in (("inputs", len(n.input), s.min_input, s.max_input),
                                 ("outputs", len(n.output), s.min_output, s.max_output)):
         if not lo <= count <= hi:
