@@ -120,6 +120,24 @@ def _constant_bomb(m):
     m.graph.node.insert(0, helper.make_node("Constant", [], ["c"], name="const", value=t))
 
 
+def _segment(m):
+    init(m, "bn_scale").segment.begin = 0
+
+
+def _attribute_type(m):
+    a = next(a for a in node(m, "conv").attribute if a.name == "group")
+    a.type = onnx.AttributeProto.UNDEFINED  # get_attribute_value gave None: None >= 1
+
+
+def _cast_without_to(m):
+    m.graph.node.append(helper.make_node("Cast", ["Y"], ["Z"], name="cast"))
+    m.graph.output[0].name = "Z"
+
+
+def _constant_without_value(m):
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["c"], name="const"))
+
+
 TRUNCATE = np.linspace(1, len(GOOD) - 1, 10).astype(int).tolist()
 NO_OPSET = len(edit(lambda m: m.ClearField("opset_import")))  # cut right after the graph
 
@@ -211,6 +229,26 @@ CASES = {
     "functions-call-each-other": (edit(_function("A", "B")),
                                   "model-local functions that do not call themselves",
                                   "'local.A' -> 'local.B' -> 'local.A'"),
+    # Found by tools/fuzz:
+    "segmented-tensor": (edit(_segment), "a tensor in one piece (onnx reads no segments)",
+                         "tensor 'bn_scale' with a segment"),
+    "input-elem-type-unknown": (
+        edit(lambda m: setattr(m.graph.input[0].type.tensor_type, "elem_type", 999)),
+        "value types of known dtypes", "'X' with elem_type 999"),
+    "attribute-of-undefined-type": (
+        edit(_attribute_type), "'group' of type INT for Conv (opset 11)",
+        "Conv 'conv' with 'group' of type UNDEFINED"),
+    "attribute-the-op-does-not-define": (
+        edit(lambda m: node(m, "conv").attribute.append(helper.make_attribute("bogus", 1))),
+        "attributes Conv (opset 11) defines", "Conv 'conv' with 'bogus'"),
+    "required-attribute-missing": (
+        edit(_cast_without_to), "attribute 'to' for Cast (opset 13)", "Cast 'cast' without it"),
+    "constant-without-value": (edit(_constant_without_value),
+                               "a Constant with exactly one value attribute",
+                               "Constant 'const' with 0"),
+    "op-type-not-utf8": (GOOD.replace(b"BatchNormalization", b"\xffatchNormalization", 1),
+                         "names and strings in UTF-8",
+                         "NodeProto.op_type b'\\xffatchNormalization'"),
 }
 # The cases that hung, recursed or would allocate if a guard regressed: a real process with a
 # memory limit and a timeout, so a regression fails here instead of taking the machine down.
