@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+# Each part of the error line at most: a name or value is copied from the file, and a file can
+# hold a 15 MB "name" (the line then was 15 MB long).
+PART = 400
+
 
 class OnnxfoldError(Exception):
     """Bad input: names the file, what was expected and what was found."""
@@ -12,4 +16,10 @@ class OnnxfoldError(Exception):
         self.file = os.fspath(file)
         self.expected = expected
         self.found = found
-        super().__init__(f"{self.file}: expected {expected}, found {found}")
+        super().__init__(f"{_clip(self.file)}: expected {_clip(expected)}, found {_clip(found)}")
+
+
+def _clip(text: str) -> str:
+    if len(text) <= PART:
+        return text
+    return f"{text[:PART - 40]}... ({len(text)} characters)"
