@@ -31,6 +31,8 @@ CONST_OPS = {
 }
 
 
+# Constant ops a computed constant may be built from, in a chain (a decomposed BN takes 3).
+MAX_CONST_DEPTH = 64
 _FLOAT_TYPES = (
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
 )  # what numpy calls kind "f" (bfloat16 is not)
@@ -205,8 +207,18 @@ class GraphIndex:
     def _from_outer(self, name: str) -> bool:
         return self.outer is not None and not self.is_local(name)
 
-    def why_not_constant(self, name: str) -> str | None:
-        """None if name is a constant we may read and fold; otherwise why not."""
+    def why_not_constant(self, name: str, _depth: int = 0, _memo: dict | None = None) -> str | None:
+        """None if name is a constant we may read and fold; otherwise why not.
+
+        Computed constants are looked through at most MAX_CONST_DEPTH ops deep, each name once
+        per question: a chain of 3000 Identity ops hit the recursion limit, and Adds that each
+        read the previous one twice made 2^depth calls."""
+        memo = {} if _memo is None else _memo
+        if name not in memo:
+            memo[name] = self._why_not_constant(name, _depth, memo)
+        return memo[name]
+
+    def _why_not_constant(self, name: str, depth: int, memo: dict) -> str | None:
         if self._from_outer(name):
             return self.outer.why_not_constant(name)
         if name in self.initializers:
@@ -227,18 +239,23 @@ class GraphIndex:
             if kinds & {"value", "value_float", "value_floats"}:
                 return None
             return f"'{name}' is a Constant with a {'/'.join(sorted(kinds))} value"
-        if self._computed_constant(n):
+        if n.op_type in CONST_OPS and depth >= MAX_CONST_DEPTH:
+            return f"'{name}' is computed through more than {MAX_CONST_DEPTH} constant operations"
+        if self._computed_constant(n, depth + 1, memo):
             return None
         return f"'{name}' is computed by {describe(n)}"
 
-    def _computed_constant(self, n: onnx.NodeProto) -> bool:
+    def _computed_constant(self, n: onnx.NodeProto, depth: int = 0, memo: dict | None = None
+                           ) -> bool:
         """Is n an elementwise float op over constants, e.g. Sqrt(Add(var, eps)) in a BN that an
         exporter decomposed? Checked recursively over its inputs."""
         if n.op_type not in CONST_OPS or n.domain not in DEFAULT_DOMAINS or len(n.output) != 1:
             return False
         if not n.input or not all(n.input):
             return False
-        return all(self.why_not_constant(x) is None and self._is_float(x) for x in n.input)
+        memo = {} if memo is None else memo
+        return all(self.why_not_constant(x, depth, memo) is None and self._is_float(x)
+                   for x in n.input)
 
     def _is_float(self, name: str) -> bool:
         """Is the constant a float tensor? Asked of an initializer without reading its data."""
@@ -266,7 +283,8 @@ class GraphIndex:
             if name not in self._computed:
                 # numpy's float ops are IEEE correctly rounded, as onnxruntime's are: same bits.
                 args = (self.value(x) for x in n.input)
-                self._computed[name] = np.asarray(CONST_OPS[n.op_type](*args))
+                with np.errstate(all="ignore"):  # an inf here is refused as not-finite
+                    self._computed[name] = np.asarray(CONST_OPS[n.op_type](*args))
             return self._computed[name]
         for a in n.attribute:
             if a.name == "value":
