@@ -29,6 +29,7 @@ ALIASES = {
 }
 MAX_CFG_BYTES = 16 << 20  # the largest real cfgs are ~30 kB
 _INT = re.compile(r"[+-]?[0-9]+")
+_INT32 = (-(2**31), 2**31 - 1)  # darknet reads every integer with atoi into a C int
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Section:
         if not _INT.fullmatch(v):
             raise self.error(key, "an integer", repr(v))
         n = int(v)
+        if not _INT32[0] <= n <= _INT32[1]:
+            raise self.error(key, "an integer that fits darknet's 32-bit int", repr(v))
         if minimum is not None and n < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             raise self.error(key, what, repr(v))
@@ -88,7 +91,10 @@ class Section:
         items = [t for t in v.split(",") if t]
         if not items or not all(_INT.fullmatch(t) for t in items):
             raise self.error(key, "a comma-separated list of integers", repr(v))
-        return [int(t) for t in items]
+        out = [int(t) for t in items]
+        if not all(_INT32[0] <= n <= _INT32[1] for n in out):
+            raise self.error(key, "integers that fit darknet's 32-bit int", repr(v))
+        return out
 
     def get_floats(self, key: str) -> list[float]:
         v = self.raw(key)
