@@ -132,3 +132,14 @@ def test_convert_disk_full_and_read_only(tmp_path):
                      "a path in a folder onnxfold can write", f"'{ro}' is not writable")
     finally:
         ro.chmod(0o755)
+
+
+def test_integers_past_32_bits(capsys, tmp_path):
+    """Found by tools/fuzz: stride=99999999999999999999 reached onnx.helper.make_attribute
+    (ValueError: Value out of range, a traceback); darknet reads a C int with atoi."""
+    for value in ("99999999999999999999", "2147483648"):
+        cfg = write_cfg(tmp_path / f"s{len(value)}.cfg", f"[maxpool]\nsize=2\nstride={value}\n")
+        run = inproc(capsys, "convert", cfg, "--weights-seed", "0", "--head", "raw")
+        assert_error(run, f"{cfg}:8: [maxpool] layer 0, key 'stride'",
+                     "an integer that fits darknet's 32-bit int", repr(value))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s10.cfg", "s20.cfg"]  # no output
