@@ -53,6 +53,9 @@ def check_scale(g: GraphIndex, m: Match, channels: int, rank: int | None) -> Non
         )
     if rank is None:
         raise Refused("channel-axis", f"{m.who}: the rank of its input is unknown")
+    if g.opset < 7:  # numpy-style broadcasting is opset 7's; the fold below assumes it
+        raise Refused("broadcast-shape", f"{where}: before opset 7, {node.op_type} broadcasts "
+                                         "only by its legacy broadcast/axis attributes")
     if c.ndim > rank:
         raise Refused("broadcast-shape", f"{where} has more axes than the rank-{rank} output: "
                                          "it would change the output's shape")
