@@ -75,3 +75,18 @@ def test_bounded_fuzz_run():
     print(p.stdout)
     assert p.returncode == 0, p.stderr[-5000:]
     assert "fuzz: 6000 inputs in " in p.stdout
+
+
+def test_scale_layer_below_opset_7_is_refused(capsys, tmp_path):
+    """Found by tools/fuzz: an opset-1 Conv -> Mul -> Add was folded with opset 7's
+    broadcasting; the folded model then failed onnx.checker where its input passed, and fuse
+    blamed itself ("a bug in onnxfold", exit 1). Before opset 7 the fold is refused."""
+    from tests.builders import scale_model
+
+    m = scale_model([("Mul", (6, 1, 1), False)], opset=13)
+    m.opset_import[0].version = 1
+    src = _save(m, tmp_path / "m.onnx")
+    run = inproc(capsys, "fuse", src, "--dry-run")
+    assert (run.rc, run.err) == (0, "")
+    assert ("Mul 'mul0': the constant 'c0' of shape [6, 1, 1]: before opset 7, Mul broadcasts "
+            "only by its legacy broadcast/axis attributes") in run.out
