@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 
 from onnxfold.darknet.build import Converted, Plan, build, plan
-from onnxfold.darknet.cfg import read_cfg
+from onnxfold.darknet.cfg import read_cfg, unused_keys
 from onnxfold.darknet.layers.base import BN_FLAVOURS, HEADS, Options
 from onnxfold.darknet.layers.convolutional import Convolutional
 from onnxfold.darknet.layers.region import Region
@@ -17,6 +18,7 @@ from onnxfold.modelio import PROTOBUF_LIMIT
 from onnxfold.parity.inputs import MAX_FEED_BYTES
 
 __all__ = ["BN_FLAVOURS", "HEADS", "Converted", "convert_darknet", "load_plan"]
+log = logging.getLogger(__name__)
 DEFAULT_BN_EPS = "darknet"
 DEFAULT_HEAD = "darknet"
 
@@ -28,7 +30,14 @@ def load_plan(cfg_path: str | os.PathLike[str], bn_eps: str = DEFAULT_BN_EPS,
         raise OnnxfoldError("--bn-eps", " or ".join(BN_FLAVOURS), repr(bn_eps))
     if head not in HEADS:
         raise OnnxfoldError("--head", " or ".join(HEADS), repr(head))
-    return plan(read_cfg(cfg_path), Options(bn_eps, head))
+    cfg = read_cfg(cfg_path)
+    result = plan(cfg, Options(bn_eps, head))
+    for section in (cfg.net, *cfg.layers):
+        for key in unused_keys(section):
+            opt = section.options[key]
+            log.warning("%s: unused (darknet ignores it too): %s=%s", section.where(key),
+                        key, opt.value[:80])
+    return result
 
 
 def convert_darknet(

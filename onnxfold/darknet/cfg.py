@@ -47,6 +47,7 @@ class Section:
     index: int
     line: int
     options: dict[str, Option] = field(default_factory=dict)
+    read: set[str] = field(default_factory=set)  # keys the converter asked for
 
     def where(self, key: str | None = None) -> str:
         opt = self.options.get(key) if key else None
@@ -58,9 +59,11 @@ class Section:
         return OnnxfoldError(self.where(key), expected, found)
 
     def has(self, key: str) -> bool:
+        self.read.add(key)
         return key in self.options
 
     def raw(self, key: str) -> str | None:
+        self.read.add(key)
         opt = self.options.get(key)
         return None if opt is None else opt.value
 
@@ -113,6 +116,31 @@ class Section:
         if self.has(key) and self.get_int(key) not in allowed:
             ok = " or ".join(str(a) for a in allowed)
             raise self.error(key, f"{key}={ok} ({why})", f"{key}={self.raw(key)}")
+
+
+# Keys darknet reads for training or detection post-processing only: they do not change what
+# the network computes at inference, so converting ignores them without a word.
+TRAINING_KEYS = {
+    "net": {
+        "batch", "subdivisions", "momentum", "decay", "angle", "saturation", "exposure", "hue",
+        "learning_rate", "burn_in", "max_batches", "policy", "steps", "scales", "step", "gamma",
+        "power", "max_crop", "min_crop", "flip", "mosaic", "aspect", "jitter", "letter_box",
+        "cutmix", "mixup", "blur", "gaussian_noise", "track", "time_steps", "seq_scales",
+        "adam", "B1", "B2", "eps", "optimized_memory", "workspace_size_limit_MB", "rate",
+    },
+    "region": {
+        "jitter", "rescore", "object_scale", "noobject_scale", "class_scale", "coord_scale",
+        "thresh", "random", "absolute", "bias_match", "max", "focal_loss", "map", "tree",
+    },
+    "convolutional": {"stopbackward", "dontload", "dontloadscales", "learning_rate"},
+}
+
+
+def unused_keys(section: Section) -> list[str]:
+    """Keys of a section the converter never read and that are not training-only (darknet
+    prints them as "Unused field"); call after the whole cfg was converted."""
+    known = TRAINING_KEYS.get(section.kind, set())
+    return [k for k in section.options if k not in section.read and k not in known]
 
 
 @dataclass

@@ -196,3 +196,17 @@ def test_not_a_regular_file(tmp_path):
     fifo = tmp_path / "fifo.cfg"
     os.mkfifo(fifo)
     assert refusal(fifo) == f"{fifo}: expected a darknet .cfg text file, found not a regular file"
+
+
+def test_unknown_keys_warn_training_keys_do_not(tmp_path, caplog):
+    """Decision: warn, as darknet's "Unused field" does, and convert; a typo'd key cannot
+    change what we emit, since every key that matters is read (or refused) by name."""
+    net = "width=8\nheight=8\nchannels=3\nbatch=64\nlearning_rate=0.001\nfancy=1"
+    p = write_cfg(tmp_path / "x.cfg", CONV.replace("pad=1\n", "pad=1\nfilterz=8\n"), net=net)
+    with caplog.at_level("WARNING", logger="onnxfold.darknet"):
+        load_plan(p, head="raw")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{p}:7: [net], key 'fancy': unused (darknet ignores it too): fancy=1",
+        f"{p}:15: [convolutional] layer 0, key 'filterz': unused (darknet ignores it too): "
+        "filterz=8",
+    ]
