@@ -33,6 +33,8 @@ def load_plan(cfg_path: str | os.PathLike[str], bn_eps: str = DEFAULT_BN_EPS,
     cfg = read_cfg(cfg_path)
     result = plan(cfg, Options(bn_eps, head))
     for section in (cfg.net, *cfg.layers):
+        if section.kind == "region" and head == "raw":
+            continue  # not emitted: --head raw ends at the last conv
         for key in unused_keys(section):
             opt = section.options[key]
             log.warning("%s: unused (darknet ignores it too): %s=%s", section.where(key),
