@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _check_parser(sub)
     _convert_parser(sub)
+    _add_export(sub)
     return p
 
 
@@ -108,6 +109,28 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="fold, convert to TF/TFLite/TF.js, check each in its runtime")
+    e.add_argument("model", type=Path, nargs="?", help="the ONNX model to export (never modified)")
+    e.add_argument("--to", default="tf,tflite,tfjs", metavar="tf,tflite,tfjs",
+                   help="targets (default: all three)")
+    e.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="output folder")
+    e.add_argument("--force", action="store_true", help="replace an existing output folder")
+    e.add_argument("--fp16", action="store_true", help="also write model_float16.tflite")
+    e.add_argument("--quantize", choices=["float16", "uint8"], help="quantize the TF.js weights")
+    e.add_argument("--nhwc", action="store_true",
+                   help="TF-native channel-last inputs/outputs (default: the ONNX interface)")
+    e.add_argument("--shape", action="append", default=[], metavar="NAME:1x3x416x416",
+                   help="static shape for an input (repeatable); unset dynamic dims become 1")
+    e.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
+    e.add_argument("--no-check", action="store_true", help="convert only; run no runtime")
+    e.add_argument("--report", type=Path, metavar="R.json", help="also write the report here")
+    e.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    e.add_argument("--install", action="store_true",
+                   help="install the pinned export stack into this Python and the TF.js "
+                   "packages (npm ci), then exit")
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -119,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         format="onnxfold: %(levelname)s: %(message)s",
     )
     try:
-        return {"fuse": _fuse, "check": _check, "convert": _convert}[args.command](args)
+        return {"fuse": _fuse, "check": _check, "convert": _convert, "export": _export}[
+            args.command
+        ](args)
     except OnnxfoldError as e:
         print(f"onnxfold: error: {e}", file=sys.stderr)
         return 2
@@ -183,6 +208,29 @@ def _convert(args: argparse.Namespace) -> int:
     )
     if not args.quiet or outcome.error:
         print(outcome.text, file=sys.stderr if outcome.error and args.quiet else sys.stdout)
+    if outcome.error:
+        print(f"onnxfold: error: {outcome.error}; nothing written", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _export(args: argparse.Namespace) -> int:
+    from onnxfold.export import export_file, parse_targets
+    from onnxfold.export.stack import install
+    from onnxfold.parity.inputs import parse_shape
+
+    if args.install:
+        install(log=(lambda _: None) if args.quiet else print)
+        return 0
+    if args.model is None or args.output is None:
+        raise OnnxfoldError("export", "MODEL.onnx and -o OUTDIR", "none" if args.model is None
+                            else "no -o OUTDIR")
+    outcome = export_file(
+        args.model, args.output, parse_targets(args.to), force=args.force, fp16=args.fp16,
+        quantize=args.quantize, nhwc=args.nhwc, shapes=dict(parse_shape(s) for s in args.shape),
+        seed=args.seed, check=not args.no_check, report_path=args.report,
+    )
+    if not args.quiet or outcome.error:
+        print(outcome.text, file=sys.stderr if args.quiet else sys.stdout)
     if outcome.error:
         print(f"onnxfold: error: {outcome.error}; nothing written", file=sys.stderr)
     return outcome.exit_code
