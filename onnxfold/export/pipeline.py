@@ -75,9 +75,9 @@ def export_file(
         return now
 
     _check_args(source, out_dir, targets, force, fp16, quantize, report_path)
-    stack.require(targets)
     model = load_model(source)
-    prep = prepare(model, str(source), shapes, seed)
+    prep = prepare(model, str(source), shapes, seed)  # refuses what no target can take
+    stack.require(targets)
     t = lap("prepare", t0)
     rep = report.start(str(source), str(out_dir), targets, nhwc, prep, stack.versions(targets))
     error = ""
@@ -111,7 +111,10 @@ def _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc, seed,
                        backends, rep, lap, t) -> str:
     from onnxfold.export import tf, tfjs, tflite
 
-    onnx_path = staging / "model.onnx"
+    (staging / "model.onnx").write_bytes(model_bytes(prep.model))
+    # onnx2tf gets its own copy: it writes its onnxsim-simplified model over the file it is given.
+    (work / "onnx2tf").mkdir()
+    onnx_path = work / "onnx2tf" / "model.onnx"
     onnx_path.write_bytes(model_bytes(prep.model))
     try:
         conv = tf.convert(onnx_path, prep.model, work, nhwc)
