@@ -64,6 +64,7 @@ def export_file(
     check: bool = True,
     report_path: Path | None = None,
     backends: tuple[str, ...] = BACKENDS,
+    fold: bool = True,
 ) -> ExportOutcome:
     """The whole `onnxfold export` job; raises OnnxfoldError for bad input or a missing tool."""
     t0 = time.perf_counter()
@@ -76,7 +77,7 @@ def export_file(
 
     _check_args(source, out_dir, targets, force, fp16, quantize, report_path)
     model = load_model(source)
-    prep = prepare(model, str(source), shapes, seed)  # refuses what no target can take
+    prep = prepare(model, str(source), shapes, seed, fold)  # refuses what no target can take
     stack.require(targets)
     t = lap("prepare", t0)
     rep = report.start(str(source), str(out_dir), targets, nhwc, prep, stack.versions(targets))

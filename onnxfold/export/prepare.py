@@ -39,9 +39,12 @@ class Prepared:
 
 
 def prepare(
-    model: onnx.ModelProto, source: str, shapes: dict[str, list[int]] | None = None, seed: int = 0
+    model: onnx.ModelProto, source: str, shapes: dict[str, list[int]] | None = None, seed: int = 0,
+    fold: bool = True,
 ) -> Prepared:
-    """Fold, rewrite and fix shapes; raise OnnxfoldError (exit 2) for a model we cannot export."""
+    """Fold, rewrite and fix shapes; raise OnnxfoldError (exit 2) for a model we cannot export.
+
+    fold=False keeps every BatchNormalization (tools/bench_export.py compares both)."""
     refuse_unsupported(model, source)
     try:
         feeds, notes = make_feeds(model, shapes, seed)
@@ -52,15 +55,16 @@ def prepare(
         if a.dtype != np.float32:
             raise OnnxfoldError(source, "float32 inputs", f"input '{name}' of {a.dtype.name}")
     fixed = {k: list(v.shape) for k, v in feeds.items()}
-    result = fuse(model)
-    folded = result.model
+    result = fuse(model) if fold else None
+    folded = result.model if result else model
+    n_folded = len(result.folded) if result else 0
     bns = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
     prepared = onnx.ModelProto()
     prepared.CopyFrom(folded)
     _static_inputs(prepared, fixed)
     _name_nodes(prepared)
     rewrites = _rewrite_space_to_depth(prepared, source)
-    p = Prepared(prepared, len(result.folded), bns, rewrites, shapes=fixed, notes=notes)
+    p = Prepared(prepared, n_folded, bns, rewrites, shapes=fixed, notes=notes)
     p.fold_check = check_parity(model, folded, shapes=fixed, seed=seed)
     p.rewrite_check = check_parity(folded, prepared, shapes=fixed, seed=seed, rel_tol=0.0)
     return p
