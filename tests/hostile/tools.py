@@ -1,6 +1,6 @@
 """Running onnxfold on hostile input and checking the promise: exit 2 (or 1 for a parity
 failure), one stderr line `onnxfold: error: FILE: expected X, found Y`, no traceback, nothing
-written, inputs byte-identical, a few seconds at most.
+written, inputs byte-identical, no hang (SECONDS).
 
 In-process (main()) for most cases: fast. In a real subprocess, with an address-space limit and
 a timeout, for the cases that could hang or allocate without bound if a guard regressed (so a
@@ -24,7 +24,7 @@ import pytest
 from tests.clitools import digest, listing, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
-SECONDS = 5.0  # the longest any case may take, process start-up included
+SECONDS = 20.0  # a hang guard, not a speed measure: loaded CI machines ran 1 s cases in 6 s
 MEMORY = 4 << 30  # address space of a subprocess: onnxruntime and numpy take ~1.5 GB
 
 
