@@ -21,7 +21,7 @@ from onnxfold.errors import OnnxfoldError
 from onnxfold.export import stack
 from onnxfold.export.prepare import VERIFIED_OPS, prepare
 from onnxfold.parity.run import run, session
-from tests.export.models import all_ops_model, softmax_model, upsample_model
+from tests.export.models import all_ops_model, unverified_model, upsample_model
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "tiny-yolov2-backbone.onnx"
@@ -90,21 +90,21 @@ def test_prepare_fixes_dynamic_dims_and_names_nodes():
 
 
 def test_refuses_an_unverified_op_naming_the_node(tmp_path, capsys):
-    src = tmp_path / "softmax.onnx"
-    onnx.save(softmax_model(), src)
+    src = tmp_path / "hardmax.onnx"
+    onnx.save(unverified_model(), src)
     out = tmp_path / "out"
     rc, _, err = cli(capsys, "export", src, "-o", out)
     ops = ", ".join(sorted(VERIFIED_OPS))
     assert rc == 2
     assert err == (f"onnxfold: error: {src}: expected only ops onnxfold export verifies on every "
-                   f"target ({ops}), found Softmax (node 'prob')\n")
+                   f"target ({ops}), found Hardmax (node 'prob')\n")
     assert list(tmp_path.iterdir()) == [src]
 
 
 def test_refuses_a_custom_domain_op():
-    m = softmax_model()
+    m = unverified_model()
     m.graph.node[1].domain = "com.example"
-    with pytest.raises(OnnxfoldError, match=r"found com\.example\.Softmax \(node 'prob'\)$"):
+    with pytest.raises(OnnxfoldError, match=r"found com\.example\.Hardmax \(node 'prob'\)$"):
         prepare(m, "m.onnx")
 
 

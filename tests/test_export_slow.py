@@ -6,8 +6,8 @@ onnxruntime; see README, "onnxfold export"). These tests run the `onnxfold expor
 $ONNXFOLD_EXPORT_PYTHON, else .venv-export/bin/python in the repo, else this Python if it has
 onnx2tf. Without any of them they skip (outside CI only: under CI a skip fails).
 
-TODO(darknet): export yolov2-tiny-voc and yolov3-tiny converted by `onnxfold convert` (after fuse)
-to all three targets, like test_all_ops_nchw; DARKNET_MODELS below is the hook.
+Darknet models go the user's way: `onnxfold convert` (seeded weights), `onnxfold fuse`, then export
+of the folded model, darknet head included.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from onnxfold.export.prepare import prepare
 from onnxfold.modelio import load_model, model_bytes
 from onnxfold.parity.inputs import make_feeds
 from onnxfold.parity.run import run, session
+from tests.darknet.helpers import need_shared
 from tests.export.models import all_ops_model, upsample_model
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "tiny-yolov2-backbone.onnx"
 FP32, FP16, UINT8 = 1e-5, 2e-3, 2e-2  # the README's tolerances
-DARKNET_MODELS: list[str] = []  # TODO(darknet): "yolov2-tiny-voc", "yolov3-tiny"
+# cfg in ../shared/darknet/cfg -> (outputs with their NCHW shapes), as `onnxfold convert` emits.
+DARKNET_MODELS = {
+    "yolov2-tiny-voc": [("output", [1, 125, 13, 13])],
+}
 
 
 def _export_python() -> str | None:
@@ -207,3 +211,28 @@ def test_missing_node_says_so(py, tmp_path):
     assert stderr == ("onnxfold: error: node: expected Node.js >= 18 on PATH, which runs the "
                       "TF.js check, found no node command\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(DARKNET_MODELS))
+def test_darknet_converted_and_folded(py, tmp_path, name):
+    """convert -> fuse -> export, to all three targets; every artifact within fp32 tolerance."""
+    cfg = need_shared() / "cfg" / f"{name}.cfg"
+    onnx_path, folded = tmp_path / f"{name}.onnx", tmp_path / f"{name}.folded.onnx"
+    for args in (["convert", str(cfg), "--weights-seed", "1", "-o", str(onnx_path)],
+                 ["fuse", str(onnx_path), "-o", str(folded)]):
+        proc = subprocess.run([sys.executable, "-m", "onnxfold", *args, "-q"],
+                              capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+    m = load_model(folded)
+    assert not [n for n in m.graph.node if n.op_type == "BatchNormalization"]
+    out = tmp_path / "out"
+    rc, stdout, stderr, rep = export(py, folded, out)
+    assert rc == 0, stderr
+    assert (rep["prepare"]["batchnormalizations"], rep["prepare"]["folded"]) == (0, 0)
+    arts = artifacts(rep)
+    assert sorted(arts) == ["tf", "tfjs-cpu", "tfjs-wasm", "tflite"]
+    for art, a in arts.items():
+        assert a["status"] == "pass", art
+        assert [(o["name"], o["shape"]) for o in a["outputs"]] == DARKNET_MODELS[name], art
+        assert 0.0 < worst(a) <= FP32, art
+    assert "check: PASS" in stdout

@@ -22,7 +22,8 @@ from onnxfold.parity.inputs import CannotRun, make_feeds, real_inputs
 # rewritten before conversion; a BatchNormalization that cannot fold converts as itself.
 VERIFIED_OPS = frozenset({
     "Add", "BatchNormalization", "Concat", "Constant", "Conv", "Identity", "LeakyRelu", "MaxPool",
-    "Mul", "Relu", "Reshape", "Resize", "Sigmoid", "SpaceToDepth", "Transpose", "Upsample",
+    "Mul", "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "SpaceToDepth", "Split", "Transpose",
+    "Upsample",
 })
 
 

@@ -1,8 +1,4 @@
-"""Models for the export tests: every op the darknet translator emits, built with onnx.helper.
-
-TODO(darknet): yolov2-tiny-voc and yolov3-tiny from `onnxfold convert` join these once
-onnxfold/darknet/ lands (see tests/test_export_slow.py, DARKNET_MODELS).
-"""
+"""Models for the export tests: every op the darknet translator emits, built with onnx.helper."""
 
 from __future__ import annotations
 
@@ -95,8 +91,8 @@ def upsample_model(seed: int = 0) -> onnx.ModelProto:
     return b.model("upsample", [("images", [1, 3, 16, 16])], [("out", [1, 6, 32, 32])], opset=9)
 
 
-def softmax_model() -> onnx.ModelProto:
-    """Conv then Softmax: an op outside the verified set, for the refusal."""
+def unverified_model() -> onnx.ModelProto:
+    """Conv then Hardmax: an op outside the verified set, for the refusal."""
     b = _Builder(0)
-    b.node("Softmax", [b.conv("images", 3, 4, 3, "c1")], "prob", axis=1)
+    b.node("Hardmax", [b.conv("images", 3, 4, 3, "c1")], "prob", axis=1)
     return b.model("softmax", [("images", [1, 3, 8, 8])], [("prob", [1, 4, 8, 8])])
