@@ -166,7 +166,7 @@ def test_inputs_untouched_and_force(capsys, small):
 
 def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
     short = write_weights(d / "short.weights", SMALL_FLOATS - 1)
-    unknown = write_cfg(d / "unknown.cfg", "[convolutional]\nfilters=2\n\n[yolo]\nmask=0\n")
+    unknown = write_cfg(d / "unknown.cfg", "[convolutional]\nfilters=2\n\n[sam]\nfrom=0\n")
     bad = write_cfg(d / "bad.cfg", "[convolutional]\nfilters=2\nsize=three\n")
     out = d / "out.onnx"
     return [
@@ -178,8 +178,9 @@ def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
          f"{SMALL_FLOATS - 1} floats (the file ends in layer 2 [convolutional] weights (float "
          f"143 of 144)): {20 + 4 * (SMALL_FLOATS - 1)} bytes"),
         ([unknown, weights, "-o", out, "--head", "raw"],
-         f"{unknown}:9: [yolo] layer 1: expected a layer onnxfold converts ([convolutional], "
-         "[maxpool], [route], [reorg], [region]), found [yolo], not supported yet"),
+         f"{unknown}:9: [sam] layer 1: expected a layer onnxfold converts ([convolutional], "
+         "[connected], [maxpool], [avgpool], [route], [shortcut], [upsample], [reorg], "
+         "[softmax], [dropout], [cost], [region], [yolo]), found [sam], not supported"),
         ([bad, weights, "-o", out],
          f"{bad}:8: [convolutional] layer 0, key 'size': expected an integer, found 'three'"),
         ([cfg, weights, "--weights-seed", "1", "-o", out],
