@@ -168,8 +168,14 @@ def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
     short = write_weights(d / "short.weights", SMALL_FLOATS - 1)
     unknown = write_cfg(d / "unknown.cfg", "[convolutional]\nfilters=2\n\n[sam]\nfrom=0\n")
     bad = write_cfg(d / "bad.cfg", "[convolutional]\nfilters=2\nsize=three\n")
+    groups = write_cfg(d / "groups.cfg", "[convolutional]\nfilters=2\n\n[route]\nlayers=-1\n"
+                       "groups=2\ngroup_id=1\n")
     out = d / "out.onnx"
     return [
+        ([groups, "--weights-seed", "0", "-o", out, "--head", "raw"],
+         f"{groups}:11: [route] layer 1, key 'groups': expected groups=1 with --bn-eps darknet "
+         "(the original darknet: it ignores route groups; convert with --bn-eps alexeyab for "
+         "the AlexeyAB fork), found groups=2"),
         ([d / "no.cfg", weights, "-o", out],
          f"{d / 'no.cfg'}: expected a darknet .cfg text file, found no such file"),
         ([cfg, short, "-o", out],

@@ -75,7 +75,7 @@ class Shortcut(Layer):
         x = g.node("Slice", [src, *(g.const(f"shortcut{i}.slice_{k}", np.array(v, np.int64))
                                     for k, v in spec)], f"shortcut{i}.sampled")
         if sa > 1:  # every sa-th output cell: interleave sa-1 zeros after each value
-            x = g.node("Reshape", [x, g.const(f"shortcut{i}.cells",
+            x = g.node("Reshape", [x, g.const(f"shortcut{i}.cells_shape",
                                               np.array([1, c, h, 1, w, 1], np.int64))],
                        f"shortcut{i}.cells")
             pads = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, sa - 1, 0, sa - 1], np.int64)
