@@ -446,6 +446,10 @@ HINT = "; convert with --bn-eps alexeyab for the AlexeyAB fork)"
      10,
      "[yolo] layer 1: expected an input of len(mask)*(4+1+classes) = 2*(4+1+2) = 14 channels, "
      "found 12 (input 12x8x8)"),
+    # no mask: every one of num anchors (num is not turned into a list before the check)
+    ("alexeyab", "[convolutional]\nfilters=7\nsize=1\n\n[yolo]\nnum=2000000000\nclasses=2\n",
+     10, "[yolo] layer 1: expected an input of num*(4+1+classes) = 2000000000*(4+1+2) = "
+     "14000000000 channels, found 7 (input 7x8x8)"),
     ("alexeyab", "[convolutional]\nfilters=7\nsize=1\n\n[yolo]\nmask=3\nnum=3\nclasses=2\n",
      11, "[yolo] layer 1, key 'mask': expected anchor indices in 0..2 (num=3), found 3"),
     ("alexeyab", "[convolutional]\nfilters=7\nsize=1\n\n[yolo]\nclasses=2\nnew_coords=1\n",

@@ -49,14 +49,17 @@ class Yolo(Layer):
 def parse(sec: Section, inp: Shape, opts: Options) -> Yolo:
     classes = sec.get_int("classes", 20, minimum=1)
     total = sec.get_int("num", 1, minimum=1)
-    mask = sec.get_ints("mask") if sec.has("mask") else list(range(total))
-    if not all(0 <= m < total for m in mask):
+    mask = sec.get_ints("mask") if sec.has("mask") else None  # darknet: no mask is 0..num-1
+    if mask is not None and not all(0 <= m < total for m in mask):
         raise sec.error("mask", f"anchor indices in 0..{total - 1} (num={total})",
                         sec.raw("mask") or "")
-    want = len(mask) * (4 + 1 + classes)
+    n = total if mask is None else len(mask)
+    want = n * (4 + 1 + classes)
     if inp.c != want:
-        raise sec.error(None, f"an input of len(mask)*(4+1+classes) = {len(mask)}*(4+1+{classes})"
-                        f" = {want} channels", f"{inp.c} (input {inp})")
+        what = "num" if mask is None else "len(mask)"
+        raise sec.error(None, f"an input of {what}*(4+1+classes) = {n}*(4+1+{classes}) = {want} "
+                        "channels", f"{inp.c} (input {inp})")
+    mask = list(range(total)) if mask is None else mask
     anchors = sec.get_floats("anchors")
     if anchors and len(anchors) != 2 * total:
         raise sec.error("anchors", f"2*num = {2 * total} numbers", f"{len(anchors)}")
