@@ -12,6 +12,7 @@ from onnxfold.darknet.cfg import read_cfg, unused_keys
 from onnxfold.darknet.layers.base import BN_FLAVOURS, HEADS, Options
 from onnxfold.darknet.layers.convolutional import Convolutional
 from onnxfold.darknet.layers.region import Region
+from onnxfold.darknet.layers.yolo import Yolo
 from onnxfold.darknet.weights import read_weights
 from onnxfold.errors import OnnxfoldError
 from onnxfold.modelio import PROTOBUF_LIMIT
@@ -59,7 +60,7 @@ def convert_darknet(
     p = load_plan(cfg_path, bn_eps, head)
     check_sizes(p)
     if weights_path is not None:
-        w = read_weights(weights_path, p.layout())
+        w = read_weights(weights_path, p.layout(), bn_eps)
         arrays, source = w.arrays, f"sha256:{w.sha256}"
         _check_variances(p, arrays, os.fspath(weights_path))
     else:
@@ -108,6 +109,12 @@ def metadata(p: Plan, weights: str) -> dict[str, str]:
         meta["darknet.num"] = str(last.num)
         meta["darknet.coords"] = str(last.coords)
         meta["darknet.anchors"] = ",".join(str(a) for a in last.anchors)
+    heads = [x for x in p.layers if isinstance(x, Yolo)]
+    if heads:  # one entry per output, in order; the anchors are in input pixels
+        meta["darknet.classes"] = ",".join(str(x.classes) for x in heads)
+        meta["darknet.masks"] = ";".join(",".join(map(str, x.mask)) for x in heads)
+        meta["darknet.anchors"] = ";".join(",".join(map(str, x.anchors)) for x in heads)
+        meta["darknet.scale_x_y"] = ",".join(str(x.scale_x_y) for x in heads)
     return meta
 
 

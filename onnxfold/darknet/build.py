@@ -9,15 +9,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from onnxfold.darknet.cfg import Cfg
-from onnxfold.darknet.layers import convolutional, maxpool, region, reorg, route
+from onnxfold.darknet.cfg import Cfg, Section
+from onnxfold.darknet.layers import (
+    connected,
+    convolutional,
+    maxpool,
+    pooling,
+    region,
+    reorg,
+    route,
+    shortcut,
+    softmax,
+    upsample,
+    yolo,
+)
 from onnxfold.darknet.layers.base import Graph, Layer, Options, Shape
 from onnxfold.darknet.weights import Layout
 
 OPSET = 13
 IR_VERSION = 7  # the IR of opset 13: loads in every runtime that runs the opset
 INPUT, OUTPUT = "images", "output"
-SUPPORTED = ("convolutional", "maxpool", "route", "reorg", "region")
+SUPPORTED = ("convolutional", "connected", "maxpool", "avgpool", "route", "shortcut", "upsample",
+             "reorg", "softmax", "dropout", "cost", "region", "yolo")
 
 
 @dataclass
@@ -26,6 +39,7 @@ class Plan:
     input: Shape
     layers: list[Layer]
     opts: Options
+    outputs: list[int]  # the layers whose outputs the model returns, in cfg order
 
     def layout(self) -> Layout:
         """The arrays the .weights file holds after its header, in order."""
@@ -52,28 +66,51 @@ def plan(cfg: Cfg, opts: Options, size: tuple[int, int] | None = None) -> Plan:
     shapes: dict[int, Shape] = {-1: inp}
     layers: list[Layer] = []
     for sec in cfg.layers:
-        prev = shapes[sec.index - 1]
-        if sec.kind == "convolutional":
-            layer: Layer = convolutional.parse(sec, prev)
-        elif sec.kind == "maxpool":
-            layer = maxpool.parse(sec, prev)
-        elif sec.kind == "route":
-            layer = route.parse(sec, shapes)
-        elif sec.kind == "reorg":
-            layer = reorg.parse(sec, prev)
-        elif sec.kind == "region":
-            layer = region.parse(sec, prev, sec is cfg.layers[-1], opts.head)
-        else:
-            raise sec.error(None, "a layer onnxfold converts ("
-                            + ", ".join(f"[{k}]" for k in SUPPORTED) + ")",
-                            f"[{sec.kind}], not supported yet")
+        layer = _parse(sec, shapes, opts, sec is cfg.layers[-1])
         shapes[sec.index] = layer.out
         layers.append(layer)
-    last = layers[-1]
-    if opts.head == "darknet" and last.kind != "region":
-        raise last.section.error(None, "a [region] layer at the end for --head darknet "
-                                 "(or use --head raw)", f"[{last.kind}] as the last layer")
-    return Plan(cfg, inp, layers, opts)
+    return Plan(cfg, inp, layers, opts, outputs(layers))
+
+
+def _parse(sec: Section, shapes: dict[int, Shape], opts: Options, last: bool) -> Layer:
+    prev = shapes[sec.index - 1]
+    kind = sec.kind
+    if kind == "convolutional":
+        return convolutional.parse(sec, prev, opts)
+    if kind == "connected":
+        return connected.parse(sec, prev, opts)
+    if kind == "maxpool":
+        return maxpool.parse(sec, prev)
+    if kind == "avgpool":
+        return pooling.parse_avgpool(sec, prev)
+    if kind in ("dropout", "cost"):
+        return pooling.parse_passthrough(sec, prev)
+    if kind == "route":
+        return route.parse(sec, shapes, opts)
+    if kind == "shortcut":
+        return shortcut.parse(sec, shapes, opts)
+    if kind == "upsample":
+        return upsample.parse(sec, prev)
+    if kind == "reorg":
+        return reorg.parse(sec, prev)
+    if kind == "softmax":
+        return softmax.parse(sec, prev)
+    if kind == "region":
+        return region.parse(sec, prev, last, opts.head)
+    if kind == "yolo":
+        return yolo.parse(sec, prev, opts)
+    raise sec.error(None, "a layer onnxfold converts ("
+                    + ", ".join(f"[{k}]" for k in SUPPORTED) + ")",
+                    f"[{kind}], not supported")
+
+
+def outputs(layers: list[Layer]) -> list[int]:
+    """What darknet's detector reads: every [yolo] layer; else the last layer."""
+    heads = [x.index for x in layers if x.kind == "yolo"]
+    if heads and layers[-1].kind == "region":
+        sec = layers[-1].section
+        raise sec.error(None, "[yolo] or [region] heads, not both", "both")
+    return heads or [layers[-1].index]
 
 
 def build(p: Plan, arrays: dict[int, dict[str, np.ndarray]], meta: dict[str, str]) -> Converted:
@@ -83,18 +120,21 @@ def build(p: Plan, arrays: dict[int, dict[str, np.ndarray]], meta: dict[str, str
     for layer in p.layers:
         inputs = [names[j] for j in layer.sources]
         names[layer.index] = layer.emit(g, inputs, arrays.get(layer.index, {}), p.opts)
-    final = names[p.layers[-1].index]
-    if final == INPUT:
-        g.node("Identity", [INPUT], OUTPUT)
-    else:
-        _rename(g, final, OUTPUT)
-        names = {k: OUTPUT if v == final else v for k, v in names.items()}
-    out = p.layers[-1].out
+    outs = []
+    by_index = {x.index: x for x in p.layers}
+    for k, index in enumerate(p.outputs):
+        final, name = names[index], output_name(k, len(p.outputs))
+        if final == INPUT or final in {o.name for o in outs}:
+            g.node("Identity", [final], name)  # the input, or an output returned twice
+        else:
+            _rename(g, final, name)
+            names = {i: name if v == final else v for i, v in names.items()}
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                  [1, *_dims(by_index[index].out)]))
     graph = helper.make_graph(
         g.nodes, Path(p.cfg.path).stem or "darknet",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, *_dims(p.input)])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, *_dims(out)])],
-        initializer=g.initializers,
+        outs, initializer=g.initializers,
     )
     from onnxfold import __version__
 
@@ -105,6 +145,11 @@ def build(p: Plan, arrays: dict[int, dict[str, np.ndarray]], meta: dict[str, str
         model.metadata_props.add(key=key, value=meta[key])
     del names[-1]
     return Converted(model, names, p)
+
+
+def output_name(k: int, n: int) -> str:
+    """`output` for a model with one output; output0, output1, ... in cfg order for several."""
+    return OUTPUT if n == 1 else f"{OUTPUT}{k}"
 
 
 def _dims(s: Shape) -> list[int]:

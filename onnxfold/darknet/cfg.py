@@ -132,7 +132,21 @@ TRAINING_KEYS = {
         "jitter", "rescore", "object_scale", "noobject_scale", "class_scale", "coord_scale",
         "thresh", "random", "absolute", "bias_match", "max", "focal_loss", "map", "tree",
     },
-    "convolutional": {"stopbackward", "dontload", "dontloadscales", "learning_rate"},
+    "yolo": {
+        "jitter", "ignore_thresh", "truth_thresh", "random", "resize", "iou_thresh",
+        "iou_normalizer", "cls_normalizer", "obj_normalizer", "delta_normalizer", "iou_loss",
+        "iou_thresh_kind", "max_delta", "focal_loss", "label_smooth_eps", "objectness_smooth",
+        "counters_per_class", "max", "map", "show_details", "nms_kind", "beta_nms",
+        "track_history_size", "sim_thresh", "dets_for_track", "dets_for_show", "track_ciou_norm",
+        "embedding_layer",
+    },
+    "convolutional": {"stopbackward", "dontload", "dontloadscales", "learning_rate",
+                      "stream", "wait_stream"},
+    "connected": {"stopbackward", "dontload", "dontloadscales", "learning_rate"},
+    "route": {"stream", "wait_stream"},
+    "softmax": {"noloss"},
+    "dropout": {"probability", "dropblock", "dropblock_size_rel", "dropblock_size_abs"},
+    "cost": {"type", "scale", "ratio", "noobject_scale", "thresh"},
 }
 
 

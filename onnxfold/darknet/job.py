@@ -49,11 +49,15 @@ def convert_file(
     model = conv.model
     onnx.checker.check_model(model, full_check=True)
     source = f"{cfg} + {weights}" if weights is not None else f"{cfg} (weights seed {weights_seed})"
-    s, out = conv.plan.input, model.graph.output[0].type.tensor_type.shape.dim
+    s = conv.plan.input
+    dims = {o.name: "x".join(str(d.dim_value) for d in o.type.tensor_type.shape.dim)
+            for o in model.graph.output}
+    outs = (f"output {next(iter(dims.values()))}" if len(dims) == 1 else
+            "outputs " + ", ".join(f"{name} {d}" for name, d in dims.items()))
     lines = [
         f"onnxfold convert: {source} -> {target}",
         f"{len(conv.plan.layers)} darknet layers; head {head}, bn-eps {bn_eps}; input images "
-        f"1x{s.c}x{s.h}x{s.w}, output {'x'.join(str(d.dim_value) for d in out)}",
+        f"1x{s.c}x{s.h}x{s.w}, {outs}",
     ]
     if fold:
         model, text, error = _fold(model, seed)

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from onnxfold.darknet.build import OPSET, Plan
 from onnxfold.darknet.layers.base import Graph, Layer, Options
+from onnxfold.darknet.layers.connected import Connected
 from onnxfold.darknet.layers.convolutional import Convolutional
 from onnxfold.modelio import model_bytes
 from onnxfold.parity.run import session
@@ -33,7 +34,7 @@ def synthetic_arrays(p: Plan, seed: int) -> dict[int, dict[str, np.ndarray]]:
     arrays: dict[int, dict[str, np.ndarray]] = {}
     for layer in p.layers:
         inputs = [outputs[j] for j in layer.sources]
-        if isinstance(layer, Convolutional):
+        if isinstance(layer, (Convolutional, Connected)):
             arrays[layer.index] = params = _conv_params(rng, layer, inputs, raw)
         else:
             params = {}
@@ -41,8 +42,8 @@ def synthetic_arrays(p: Plan, seed: int) -> dict[int, dict[str, np.ndarray]]:
     return arrays
 
 
-def _conv_params(rng: np.random.Generator, layer: Convolutional, inputs: list[np.ndarray],
-                 opts: Options) -> dict[str, np.ndarray]:
+def _conv_params(rng: np.random.Generator, layer: Convolutional | Connected,
+                 inputs: list[np.ndarray], opts: Options) -> dict[str, np.ndarray]:
     n = layer.filters
     fan_in = layer.in_channels // layer.groups * layer.size**2
     gain = 2.0 if layer.batch_normalize else 1.0
@@ -53,8 +54,13 @@ def _conv_params(rng: np.random.Generator, layer: Convolutional, inputs: list[np
     neutral = {"biases": np.zeros(n, np.float32), "scales": np.ones(n, np.float32),
                "rolling_mean": np.zeros(n, np.float32), "rolling_variance": np.ones(n, np.float32),
                "weights": w.ravel()}
-    y = _run(layer, inputs, neutral, opts, f"conv{layer.index}")[1].astype(np.float64)
-    mean, var = y.mean(axis=(0, 2, 3)), np.maximum(y.var(axis=(0, 2, 3)), 1e-12)
+    if isinstance(layer, Convolutional):
+        y = _run(layer, inputs, neutral, opts, f"conv{layer.index}")[1].astype(np.float64)
+        mean, var = y.mean(axis=(0, 2, 3)), np.maximum(y.var(axis=(0, 2, 3)), 1e-12)
+    else:  # one value per output: statistics of a batch of one, spread like the values
+        y = _run(layer, inputs, neutral, opts, f"fc{layer.index}")[1].astype(np.float64)[0]
+        mean, var = y, np.full(n, max(float(y.var()), 1e-12))
+        var[np.abs(w).sum(axis=1) < 1e-2] = 1e-6
     return {
         "biases": (0.3 * rng.standard_normal(n)).astype(np.float32),
         "scales": rng.uniform(0.5, 1.5, n).astype(np.float32),

@@ -29,15 +29,24 @@ class Weights:
     header_bytes: int
     arrays: dict[int, dict[str, np.ndarray]]  # layer index -> name -> float32 array
     sha256: str
+    transposed: bool = False  # [connected] weights were stored inputs x outputs
 
 
-def header_size(major: int, minor: int) -> int:
-    """20 bytes (64-bit `seen`) from version 0.2 on, else 16: what both darknet forks read."""
+MAX_VERSION = 99_999  # darknet computes major*10+minor in a C int; larger numbers are no version
+
+
+def header_size(major: int, minor: int, flavour: str = "darknet") -> int:
+    """20 bytes (64-bit `seen`) from version 0.2 on, else 16. The original darknet (flavour
+    "darknet") also reads 16 when major or minor is 1000 or more; the AlexeyAB fork does not."""
+    if flavour == "darknet" and (major >= 1000 or minor >= 1000):
+        return 16
     return 20 if major * 10 + minor >= 2 else 16
 
 
-def read_weights(path: str | os.PathLike[str], layout: Layout) -> Weights:
-    """Read exactly the floats `layout` asks for, or raise OnnxfoldError saying what differs."""
+def read_weights(path: str | os.PathLike[str], layout: Layout,
+                 flavour: str = "darknet") -> Weights:
+    """Read exactly the floats `layout` asks for, or raise OnnxfoldError saying what differs.
+    `flavour` (the --bn-eps value) picks the fork whose header rule applies."""
     p = Path(path)
     expected = "a darknet .weights file"
     if not p.is_file():
@@ -48,12 +57,11 @@ def read_weights(path: str | os.PathLike[str], layout: Layout) -> Weights:
     with open(p, "rb") as f:
         head = f.read(20)
     major, minor, revision = (int(v) for v in np.frombuffer(head[:12], "<i4"))
-    if not (0 <= major < 1000 and 0 <= minor < 1000):
-        # >= 1000 flags transposed connected weights, and the two forks then disagree on the
-        # header's size: we cannot tell which one wrote the file.
-        raise OnnxfoldError(p, f"{expected} whose header starts with version numbers in 0..999",
-                            f"major={major}, minor={minor}")
-    hdr = header_size(major, minor)
+    if not (0 <= major <= MAX_VERSION and 0 <= minor <= MAX_VERSION):
+        raise OnnxfoldError(p, f"{expected} whose header starts with version numbers in "
+                            f"0..{MAX_VERSION}", f"major={major}, minor={minor}")
+    hdr = header_size(major, minor, flavour)
+    transposed = major > 1000 or minor > 1000
     if size < hdr:
         raise OnnxfoldError(p, f"a {hdr}-byte header (version {major}.{minor})", f"{size} bytes")
     seen = int(np.frombuffer(head[12:hdr], "<u8" if hdr == 20 else "<u4")[0])
@@ -78,12 +86,16 @@ def read_weights(path: str | os.PathLike[str], layout: Layout) -> Weights:
                             f"{_position(layout, int(bad[0]))} ({bad.size} such values)")
     arrays: dict[int, dict[str, np.ndarray]] = {}
     at = 0
-    for index, _, blobs in layout:
+    for index, kind, blobs in layout:
         layer = arrays.setdefault(index, {})
         for name, n in blobs:
             layer[name] = flat[at:at + n]
             at += n
-    return Weights(major, minor, revision, seen, hdr, arrays, hashlib.sha256(data).hexdigest())
+        if transposed and kind == "connected":  # darknet's load_connected_weights
+            outputs = layer["biases"].size
+            layer["weights"] = layer["weights"].reshape(-1, outputs).T.ravel()
+    return Weights(major, minor, revision, seen, hdr, arrays, hashlib.sha256(data).hexdigest(),
+                   transposed)
 
 
 def _position(layout: Layout, floats: int) -> str:

@@ -12,9 +12,9 @@ from tests.darknet.helpers import write_cfg
 CONV = "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\nstride=1\npad=1\nactivation=leaky\n"
 
 
-def refusal(path, head: str = "raw") -> str:
+def refusal(path, head: str = "raw", bn_eps: str = "darknet") -> str:
     with pytest.raises(OnnxfoldError) as e:
-        load_plan(path, head=head)
+        load_plan(path, head=head, bn_eps=bn_eps)
     return str(e.value)
 
 
@@ -46,7 +46,7 @@ def test_darknet_defaults(tmp_path):
     p = write_cfg(tmp_path / "x.cfg", "[convolutional]\nfilters=2\nsize=5\npad=1\npadding=7\n"
                   "\n[maxpool]\nstride=2\n\n[maxpool]\nsize=3\n")
     conv, pool2, pool3 = load_plan(p, head="raw").layers
-    assert (conv.activation, conv.padding, conv.stride, conv.groups) == ("logistic", 2, 1, 1)
+    assert (conv.activation, conv.padding, conv.stride, conv.groups) == ("logistic", 2, (1, 1), 1)
     # maxpool: size defaults to stride, padding to size-1 (split begin padding/2, end the rest)
     assert (pool2.size, pool2.begin, pool2.end, pool2.out.h) == (2, 0, 1, 4)
     assert (pool3.size, pool3.stride, pool3.begin, pool3.end, pool3.out.h) == (3, 1, 1, 1, 4)
@@ -72,9 +72,10 @@ def test_yolov2_tiny_layout_and_float_count():
 
 
 @pytest.mark.parametrize(("body", "line", "message"), [
-    (CONV + "\n[shortcut]\nfrom=-1\n", 14,
-     "[shortcut] layer 1: expected a layer onnxfold converts ([convolutional], [maxpool], "
-     "[route], [reorg], [region]), found [shortcut], not supported yet"),
+    (CONV + "\n[local]\nfilters=2\n", 14,
+     "[local] layer 1: expected a layer onnxfold converts ([convolutional], [connected], "
+     "[maxpool], [avgpool], [route], [shortcut], [upsample], [reorg], [softmax], [dropout], "
+     "[cost], [region], [yolo]), found [local], not supported"),
     ("[convolutional]\nfilters=sixteen\n", 7,
      "[convolutional] layer 0, key 'filters': expected an integer, found 'sixteen'"),
     ("[convolutional]\nfilters=16\nsize=3x\n", 8,
@@ -105,11 +106,16 @@ def test_yolov2_tiny_layout_and_float_count():
      "[route] layer 1, key 'layers': expected layers before this one (0..0 or -1..-1), found -3, "
      "which is layer -2"),
     (CONV + "\n[route]\nlayers=0\ngroups=2\ngroup_id=1\n", 16,
-     "[route] layer 1, key 'groups': expected groups=1 (route groups are not supported yet), "
+     "[route] layer 1, key 'groups': expected groups=1 with --bn-eps darknet (the original "
+     "darknet: it ignores route groups; convert with --bn-eps alexeyab for the AlexeyAB fork), "
      "found groups=2"),
     ("[convolutional]\nfilters=2\nactivation=mish\n", 8,
+     "[convolutional] layer 0, key 'activation': expected an activation the original darknet "
+     "knows with --bn-eps darknet (the original darknet: it runs 'mish' as ReLU; convert with "
+     "--bn-eps alexeyab for the AlexeyAB fork), found 'mish'"),
+    ("[convolutional]\nfilters=2\nactivation=elu\n", 8,
      "[convolutional] layer 0, key 'activation': expected an activation onnxfold converts "
-     "(leaky, linear, logistic, relu), found 'mish'"),
+     "(leaky, linear, logistic, relu, tanh, mish, swish, relu6, hard_mish, gelu), found 'elu'"),
     ("[convolutional]\nfilters=4\ngroups=2\n", 8,
      "[convolutional] layer 0, key 'groups': expected a divisor of the input channels (3) and "
      "of filters (4), found 2"),
@@ -117,8 +123,9 @@ def test_yolov2_tiny_layout_and_float_count():
      "[convolutional] layer 0, key 'binary': expected binary=0 (not supported by onnxfold "
      "convert), found binary=1"),
     ("[convolutional]\nfilters=4\nstride=2\nstride_x=1\n", 9,
-     "[convolutional] layer 0, key 'stride_x': expected stride_x=2 (only equal strides are "
-     "supported), found stride_x=1"),
+     "[convolutional] layer 0, key 'stride_x': expected stride_x=2 with --bn-eps darknet (the "
+     "original darknet: it does not read the key; convert with --bn-eps alexeyab for the "
+     "AlexeyAB fork), found stride_x=1"),
     ("[convolutional]\nfilters=4\n\n[reorg]\nstride=3\n", 10,
      "[reorg] layer 1, key 'stride': expected a stride s with H, W divisible by s and C by s*s "
      "(input 4x8x8), found 3"),
@@ -148,16 +155,21 @@ def test_net_refusals(tmp_path, net, line, message):
     assert refusal(p) == f"{p}:{line}: {message}"
 
 
-def test_darknet_head_needs_a_final_softmax_region(tmp_path):
-    p = write_cfg(tmp_path / "a.cfg", CONV)
-    assert refusal(p, head="darknet") == (
-        f"{p}:6: [convolutional] layer 0: expected a [region] layer at the end for --head "
-        "darknet (or use --head raw), found [convolutional] as the last layer")
+def test_darknet_head_needs_a_softmax_region(tmp_path):
     p = write_cfg(tmp_path / "b.cfg", "[convolutional]\nfilters=6\n\n[region]\nnum=1\nclasses=1\n")
     assert refusal(p, head="darknet") == (
         f"{p}:9: [region] layer 1, key 'softmax': expected softmax=1 for --head darknet (or use "
         "--head raw), found softmax=0 (no key)")
     assert load_plan(p, head="raw").layers[-1].kind == "region"
+
+
+def test_outputs_are_the_yolo_layers_else_the_last(tmp_path):
+    """darknet's detector reads every [yolo] layer; a classifier's output is its last layer."""
+    p = write_cfg(tmp_path / "a.cfg", CONV)
+    assert load_plan(p, head="darknet").outputs == [0]
+    yolo = "[convolutional]\nfilters=12\nsize=1\n\n[yolo]\nmask=0,1\nnum=3\nclasses=1\n"
+    p = write_cfg(tmp_path / "y.cfg", f"{yolo}\n{yolo}\n[route]\nlayers=-3\n")
+    assert load_plan(p, head="darknet").outputs == [1, 3]
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -166,10 +166,16 @@ def test_inputs_untouched_and_force(capsys, small):
 
 def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
     short = write_weights(d / "short.weights", SMALL_FLOATS - 1)
-    unknown = write_cfg(d / "unknown.cfg", "[convolutional]\nfilters=2\n\n[yolo]\nmask=0\n")
+    unknown = write_cfg(d / "unknown.cfg", "[convolutional]\nfilters=2\n\n[sam]\nfrom=0\n")
     bad = write_cfg(d / "bad.cfg", "[convolutional]\nfilters=2\nsize=three\n")
+    groups = write_cfg(d / "groups.cfg", "[convolutional]\nfilters=2\n\n[route]\nlayers=-1\n"
+                       "groups=2\ngroup_id=1\n")
     out = d / "out.onnx"
     return [
+        ([groups, "--weights-seed", "0", "-o", out, "--head", "raw"],
+         f"{groups}:11: [route] layer 1, key 'groups': expected groups=1 with --bn-eps darknet "
+         "(the original darknet: it ignores route groups; convert with --bn-eps alexeyab for "
+         "the AlexeyAB fork), found groups=2"),
         ([d / "no.cfg", weights, "-o", out],
          f"{d / 'no.cfg'}: expected a darknet .cfg text file, found no such file"),
         ([cfg, short, "-o", out],
@@ -178,8 +184,9 @@ def error_cases(d: Path, cfg: Path, weights: Path) -> list[tuple[list, str]]:
          f"{SMALL_FLOATS - 1} floats (the file ends in layer 2 [convolutional] weights (float "
          f"143 of 144)): {20 + 4 * (SMALL_FLOATS - 1)} bytes"),
         ([unknown, weights, "-o", out, "--head", "raw"],
-         f"{unknown}:9: [yolo] layer 1: expected a layer onnxfold converts ([convolutional], "
-         "[maxpool], [route], [reorg], [region]), found [yolo], not supported yet"),
+         f"{unknown}:9: [sam] layer 1: expected a layer onnxfold converts ([convolutional], "
+         "[connected], [maxpool], [avgpool], [route], [shortcut], [upsample], [reorg], "
+         "[softmax], [dropout], [cost], [region], [yolo]), found [sam], not supported"),
         ([bad, weights, "-o", out],
          f"{bad}:8: [convolutional] layer 0, key 'size': expected an integer, found 'three'"),
         ([cfg, weights, "--weights-seed", "1", "-o", out],

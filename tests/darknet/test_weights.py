@@ -121,10 +121,10 @@ def test_stray_bytes(cfg, tmp_path):
     (struct.pack("<iii", 0, 2, 0), "expected a darknet .weights file (a header of 16 or 20 "
      "bytes), found 12 bytes"),
     (struct.pack("<iiii", 0, 2, 0, 0), "expected a 20-byte header (version 0.2), found 16 bytes"),
-    (struct.pack("<iiiQ", 1000, 2, 0, 0), "expected a darknet .weights file whose header starts "
-     "with version numbers in 0..999, found major=1000, minor=2"),
+    (struct.pack("<iiiQ", 100000, 2, 0, 0), "expected a darknet .weights file whose header "
+     "starts with version numbers in 0..99999, found major=100000, minor=2"),
     (struct.pack("<iiiQ", -1, 0, 0, 0), "expected a darknet .weights file whose header starts "
-     "with version numbers in 0..999, found major=-1, minor=0"),
+     "with version numbers in 0..99999, found major=-1, minor=0"),
 ])
 def test_bad_headers(cfg, tmp_path, data, found):
     w = tmp_path / "w.weights"

@@ -111,7 +111,7 @@ def test_header_major_2_to_the_31(capsys, tmp_path):
     tree = Tree(tmp_path)
     run = inproc(capsys, "convert", cfg, weights, "--head", "raw")
     assert_error(run, weights, "a darknet .weights file whose header starts with version "
-                 "numbers in 0..999", "major=-2147483648, minor=2")
+                 "numbers in 0..99999", "major=-2147483648, minor=2")
     tree.assert_unchanged()
 
 

@@ -91,3 +91,12 @@ def positive_out(sec: Section, key: str, size: int, what: str) -> int:
     if size < 1:
         raise sec.error(key, f"a layer whose output {what} is at least 1", f"{size}")
     return size
+
+
+AB_HINT = "convert with --bn-eps alexeyab for the AlexeyAB fork"
+
+
+def pj_refusal(sec: Section, key: str | None, expected: str, found: str, why: str):
+    """A cfg the original darknet (the pj flavour) silently computes differently from the fork."""
+    return sec.error(key, f"{expected} with --bn-eps darknet (the original darknet: {why}; "
+                     f"{AB_HINT})", found)
