@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfold.darknet.cfg import Cfg
+from onnxfold.darknet.heads import Decode
 from onnxfold.darknet.layers import convolutional, maxpool, region, reorg, route
 from onnxfold.darknet.layers.base import Graph, Layer, Options, Shape
 from onnxfold.darknet.weights import Layout
@@ -26,6 +27,7 @@ class Plan:
     input: Shape
     layers: list[Layer]
     opts: Options
+    decode: Decode | None = None  # --head boxes: appended after the layers (darknet/heads/)
 
     def layout(self) -> Layout:
         """The arrays the .weights file holds after its header, in order."""
@@ -83,18 +85,21 @@ def build(p: Plan, arrays: dict[int, dict[str, np.ndarray]], meta: dict[str, str
     for layer in p.layers:
         inputs = [names[j] for j in layer.sources]
         names[layer.index] = layer.emit(g, inputs, arrays.get(layer.index, {}), p.opts)
-    final = names[p.layers[-1].index]
-    if final == INPUT:
-        g.node("Identity", [INPUT], OUTPUT)
+    if p.decode is not None:
+        outputs = p.decode.emit(g, names)
     else:
-        _rename(g, final, OUTPUT)
-        names = {k: OUTPUT if v == final else v for k, v in names.items()}
-    out = p.layers[-1].out
+        final = names[p.layers[-1].index]
+        if final == INPUT:
+            g.node("Identity", [INPUT], OUTPUT)
+        else:
+            _rename(g, final, OUTPUT)
+            names = {k: OUTPUT if v == final else v for k, v in names.items()}
+        dims = [1, *_dims(p.layers[-1].out)]
+        outputs = [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, dims)]
     graph = helper.make_graph(
         g.nodes, Path(p.cfg.path).stem or "darknet",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, *_dims(p.input)])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, *_dims(out)])],
-        initializer=g.initializers,
+        outputs, initializer=g.initializers,
     )
     from onnxfold import __version__
 
