@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 
 from onnxfold.darknet import convert_darknet
+from onnxfold.darknet.heads import Nms
 from onnxfold.errors import OnnxfoldError
 from onnxfold.modelio import model_bytes, write_atomic
 
@@ -33,6 +34,9 @@ def convert_file(
     weights_seed: int | None = None,
     bn_eps: str = "darknet",
     head: str = "darknet",
+    size: tuple[int, int] | None = None,
+    nms: Nms | None = None,
+    names: Path | None = None,
     fold: bool = False,
     force: bool = False,
     seed: int = 0,
@@ -45,15 +49,20 @@ def convert_file(
     check_output_path(cfg, target, force)
     if weights is not None and weights.exists() and weights.resolve() == target.resolve():
         raise OnnxfoldError(target, "an output path other than the input", "the weights file")
-    conv = convert_darknet(cfg, weights, weights_seed=weights_seed, bn_eps=bn_eps, head=head)
+    conv = convert_darknet(cfg, weights, weights_seed=weights_seed, bn_eps=bn_eps, head=head,
+                           size=size, nms=nms, names=names)
     model = conv.model
     onnx.checker.check_model(model, full_check=True)
     source = f"{cfg} + {weights}" if weights is not None else f"{cfg} (weights seed {weights_seed})"
-    s, out = conv.plan.input, model.graph.output[0].type.tensor_type.shape.dim
+    s, outs = conv.plan.input, model.graph.output
+    if len(outs) == 1 and outs[0].name == "output":
+        shown = f"output {_dims(outs[0])}"
+    else:
+        shown = "outputs " + ", ".join(f"{o.name} {_dims(o)}" for o in outs)
     lines = [
         f"onnxfold convert: {source} -> {target}",
-        f"{len(conv.plan.layers)} darknet layers; head {head}, bn-eps {bn_eps}; input images "
-        f"1x{s.c}x{s.h}x{s.w}, output {'x'.join(str(d.dim_value) for d in out)}",
+        f"{len(conv.plan.layers)} darknet layers; head {head}{' + nms' if nms else ''}, bn-eps "
+        f"{bn_eps}; input images 1x{s.c}x{s.h}x{s.w}, {shown}",
     ]
     if fold:
         model, text, error = _fold(model, seed)
@@ -66,6 +75,10 @@ def convert_file(
     write_atomic(target, model_bytes(model))
     lines.append(f"time: {time.perf_counter() - t0:.2f} s")
     return ConvertOutcome(0, "\n".join(lines))
+
+
+def _dims(value: onnx.ValueInfoProto) -> str:
+    return "x".join(d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim)
 
 
 def _fold(model: onnx.ModelProto, seed: int) -> tuple[onnx.ModelProto, list[str], str]:
