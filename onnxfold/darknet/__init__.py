@@ -60,6 +60,9 @@ def load_plan(cfg_path: str | os.PathLike[str], bn_eps: str = DEFAULT_BN_EPS,
     if size is not None:
         check_size(size)
     cfg = read_cfg(cfg_path)
+    if head == "boxes" and not any(sec.kind in KINDS for sec in cfg.layers):
+        raise OnnxfoldError(cfg.path, "a [region] or [yolo] layer for --head boxes",
+                            f"none (the last layer is [{cfg.layers[-1].kind}])")
     result = plan(cfg, Options(bn_eps, "raw" if head == "raw" else "darknet"),
                   None if size is None else (size[1], size[0]))
     if head == "boxes":

@@ -99,8 +99,8 @@ class Decode:
                 "detections [K,7] rows (batch, class, score, x1, y1, x2, y2), box corners as "
                 "fractions of the input width/height, sorted by descending score")
             meta["darknet.nms"] = (f"per class, score > {self.nms.score_thresh:g}, "
-                                   f"IoU > {self.nms.iou_thresh:g} suppressed, at most "
-                                   f"{m if m else 'unlimited'} per class")
+                                   f"IoU > {self.nms.iou_thresh:g} suppressed, "
+                                   + (f"at most {m} per class" if m else "no limit per class"))
         return meta
 
 
