@@ -185,3 +185,18 @@ def test_unreadable_names_file(capsys, tmp_path, weights):
     assert err == (f"onnxfold: error: {names}: expected 80 class labels, one per line "
                    f"({CLASSES_AT}), found a file that cannot be read (Permission denied)\n")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_nms_with_fold_checks_the_boxes_and_scores(capsys, tmp_path, weights):
+    """Detections rows swap when two scores move by float noise, so --fold proves the fold on
+    boxes and scores (what NMS reads) and writes the model with NMS."""
+    out = tmp_path / "y.onnx"
+    rc, text, err = run(capsys, "convert", CFG, weights, "-o", out, "--nms", "--score-thresh",
+                        "0.01", "--fold")
+    assert (rc, err) == (0, "")
+    assert "check: PASS" in text
+    assert [line.split()[0] for line in text.splitlines() if "PASS" in line][1:] == ["boxes",
+                                                                                     "scores"]
+    model = onnx.load(out)
+    assert [o.name for o in model.graph.output] == ["detections"]
+    assert not any(n.op_type == "BatchNormalization" for n in model.graph.node)
