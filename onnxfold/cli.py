@@ -91,6 +91,8 @@ def _check_parser(sub) -> None:
 
 
 def _convert_parser(sub: argparse._SubParsersAction) -> None:
+    from onnxfold.darknet.heads import DEFAULT_IOU_THRESH, DEFAULT_SCORE_THRESH
+
     c = sub.add_parser("convert", help="darknet .cfg + .weights -> ONNX, as darknet computes it")
     c.add_argument("cfg", type=Path, help="the darknet .cfg (never modified)")
     c.add_argument("weights", type=Path, nargs="?", help="the darknet .weights (never modified)")
@@ -101,8 +103,21 @@ def _convert_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--bn-eps", choices=["darknet", "alexeyab"], default="darknet",
                    help="BN formula: darknet (pjreddie) sqrt(var)+1e-6 (default), "
                    "alexeyab sqrt(var+1e-5)")
-    c.add_argument("--head", choices=["darknet", "raw"], default="darknet",
-                   help="darknet: the [region] layer's output (default); raw: the last conv's")
+    c.add_argument("--head", choices=["darknet", "raw", "boxes"],
+                   help="darknet: the [region] layer's output (default); raw: the last conv's; "
+                   "boxes: every head decoded to boxes [1,N,4] and scores [1,N,classes]")
+    c.add_argument("--nms", action="store_true",
+                   help="--head boxes, then per-class NonMaxSuppression: detections [K,7]")
+    c.add_argument("--score-thresh", type=float, metavar="T",
+                   help=f"with --nms: keep scores > T (default {DEFAULT_SCORE_THRESH})")
+    c.add_argument("--iou-thresh", type=float, metavar="T",
+                   help=f"with --nms: suppress IoU > T (default {DEFAULT_IOU_THRESH})")
+    c.add_argument("--max-per-class", type=int, metavar="K",
+                   help="with --nms: keep at most K boxes per class (default: no limit)")
+    c.add_argument("--size", metavar="WxH",
+                   help="input width x height instead of [net]'s (multiples of 32), e.g. 320x320")
+    c.add_argument("--names", type=Path, metavar="FILE.names",
+                   help="class labels, one per line, stored in the model's metadata")
     c.add_argument("--fold", action="store_true",
                    help="also fold BatchNormalization and check parity against the unfolded model")
     c.add_argument("--seed", type=int, default=0, help="seed of the --fold check's inputs")
@@ -200,11 +215,23 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from onnxfold.darknet import parse_size
+    from onnxfold.darknet.heads import Nms
+
+    nms_args = {"score_thresh": args.score_thresh, "iou_thresh": args.iou_thresh,
+                "max_per_class": args.max_per_class}
+    given = {k: v for k, v in nms_args.items() if v is not None}  # the rest keep defaults
+    if given and not args.nms:
+        flag = "--" + next(iter(given)).replace("_", "-")
+        raise OnnxfoldError(flag, f"{flag} only with --nms", "no --nms")
+    nms = Nms(**given) if args.nms else None
+    head = args.head or ("boxes" if args.nms else "darknet")
     from onnxfold.darknet.job import convert_file
 
     outcome = convert_file(
         args.cfg, args.weights, args.output, weights_seed=args.weights_seed, bn_eps=args.bn_eps,
-        head=args.head, fold=args.fold, force=args.force, seed=args.seed,
+        head=head, fold=args.fold, force=args.force, seed=args.seed,
+        size=None if args.size is None else parse_size(args.size), nms=nms, names=args.names,
     )
     if not args.quiet or outcome.error:
         print(outcome.text, file=sys.stderr if outcome.error and args.quiet else sys.stdout)

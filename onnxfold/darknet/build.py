@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxfold.darknet.cfg import Cfg, Section
+from onnxfold.darknet.heads import Decode
 from onnxfold.darknet.layers import (
     connected,
     convolutional,
@@ -40,6 +41,7 @@ class Plan:
     layers: list[Layer]
     opts: Options
     outputs: list[int]  # the layers whose outputs the model returns, in cfg order
+    decode: Decode | None = None  # --head boxes: appended after the layers (darknet/heads/)
 
     def layout(self) -> Layout:
         """The arrays the .weights file holds after its header, in order."""
@@ -120,17 +122,20 @@ def build(p: Plan, arrays: dict[int, dict[str, np.ndarray]], meta: dict[str, str
     for layer in p.layers:
         inputs = [names[j] for j in layer.sources]
         names[layer.index] = layer.emit(g, inputs, arrays.get(layer.index, {}), p.opts)
-    outs = []
-    by_index = {x.index: x for x in p.layers}
-    for k, index in enumerate(p.outputs):
-        final, name = names[index], output_name(k, len(p.outputs))
-        if final == INPUT or final in {o.name for o in outs}:
-            g.node("Identity", [final], name)  # the input, or an output returned twice
-        else:
-            _rename(g, final, name)
-            names = {i: name if v == final else v for i, v in names.items()}
-        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                                  [1, *_dims(by_index[index].out)]))
+    if p.decode is not None:
+        outs = p.decode.emit(g, names)
+    else:
+        outs = []
+        by_index = {x.index: x for x in p.layers}
+        for k, index in enumerate(p.outputs):
+            final, name = names[index], output_name(k, len(p.outputs))
+            if final == INPUT or final in {o.name for o in outs}:
+                g.node("Identity", [final], name)  # the input, or an output returned twice
+            else:
+                _rename(g, final, name)
+                names = {i: name if v == final else v for i, v in names.items()}
+            outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                      [1, *_dims(by_index[index].out)]))
     graph = helper.make_graph(
         g.nodes, Path(p.cfg.path).stem or "darknet",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, *_dims(p.input)])],
