@@ -172,3 +172,44 @@ def test_readme_names_the_pins():
     for req in [*stack.ONNX2TF, *stack.TFJS]:
         assert req in text
     assert re.search(r"@tensorflow/tfjs-core.{0,80}4\.22\.0", text, re.S)
+
+
+def test_prepare_rewrites_darknet_shortcut_sampling_exactly():
+    """pj's shortcut between maps of different shape: its strided Slice and channel Pad become
+    1x1 Convs with identity weights (onnx2tf applied them to the wrong axes): bit-identical."""
+    from onnxfold.darknet import convert_darknet
+
+    cfg = REPO / "tests" / "export" / "cfg" / "all-ops-pj-shortcut.cfg"
+    m = convert_darknet(cfg, weights_seed=0, bn_eps="darknet").model
+    p = prepare(m, str(cfg))
+    assert p.rewrites == ["Slice 'shortcut2.sampled'", "Pad 'shortcut2.placed'",
+                          "Slice 'shortcut4.sampled'"]
+    after = Counter(n.op_type for n in p.model.graph.node)
+    assert (after["Slice"], after["Pad"], after["Conv"]) == (0, 0, 4 + 3)
+    sampled = next(n for n in p.model.graph.node if n.name == "shortcut2.sampled")
+    assert [list(a.ints) for a in sampled.attribute if a.name == "strides"] == [[2, 2]]
+    assert p.rewrite_check.status == "pass"
+    assert [(o.name, o.max_abs) for o in p.rewrite_check.outputs] == [("output", 0.0)]
+    onnx.checker.check_model(p.model, full_check=True)
+
+
+@pytest.mark.parametrize(("ends", "steps", "rewritten"), [
+    ([8, 32, 32], [1, 2, 2], True),
+    ([8, 31, 32], [1, 2, 2], True),  # rows 0, 2, ..., 30: the same as to the end
+    ([8, 30, 32], [1, 2, 2], False),  # stops before row 30: not a whole sampling
+    ([8, 32, 32], [2, 2, 2], False),  # every other channel
+])
+def test_strided_slice_rewrite_only_when_it_samples_to_the_end(ends, steps, rewritten):
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+              (("st", [0, 0, 0]), ("en", ends), ("ax", [1, 2, 3]), ("sp", steps))]
+    g = helper.make_graph(
+        [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"], name="s")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], consts)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    p = prepare(m, "s.onnx")
+    assert p.rewrites == (["Slice 's'"] if rewritten else [])
+    assert p.rewrite_check.status == "pass"
+    assert all(o.max_abs == 0.0 for o in p.rewrite_check.outputs)

@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from onnxfold.export.prepare import prepare
+from onnxfold.export.prepare import VERIFIED_OPS, prepare
 from onnxfold.modelio import load_model, model_bytes
 from onnxfold.parity.inputs import make_feeds
 from onnxfold.parity.run import run, session
@@ -35,9 +35,23 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "models" / "tiny-yolov2-backbone.onnx"
 FP32, FP16, UINT8 = 1e-5, 2e-3, 2e-2  # the README's tolerances
-# cfg in ../shared/darknet/cfg -> (outputs with their NCHW shapes), as `onnxfold convert` emits.
+# cfg -> (flavour, outputs with their NCHW shapes), as `onnxfold convert` emits them. The shared
+# cfgs are real darknet networks; tests/export/cfg/ holds small cfgs that between them use every
+# layer, activation and key the translator converts (the all-ops models).
+CFG = Path(__file__).resolve().parent / "export" / "cfg"
 DARKNET_MODELS = {
-    "yolov2-tiny-voc": [("output", [1, 125, 13, 13])],
+    "yolov2-tiny-voc": ("darknet", [("output", [1, 125, 13, 13])]),
+    "yolov3-tiny": ("darknet", [("output0", [1, 255, 13, 13]), ("output1", [1, 255, 26, 26])]),
+    "all-ops-yolo": ("alexeyab", [("output", [1, 21, 32, 32])]),
+    "all-ops-classifier": ("alexeyab", [("output", [1, 5, 1, 1])]),
+    "all-ops-pj-shortcut": ("darknet", [("output", [1, 5, 1, 1])]),
+}
+# What the translator emits over all of them (checked below against the converted models).
+DARKNET_OPS = {
+    "Add", "BatchNormalization", "Clip", "Concat", "Conv", "Div", "Flatten", "Gemm",
+    "GlobalAveragePool", "HardSigmoid", "Identity", "LeakyRelu", "MaxPool", "Mul", "Pad", "Relu",
+    "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split",
+    "Tanh",
 }
 
 
@@ -213,16 +227,38 @@ def test_missing_node_says_so(py, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("name", sorted(DARKNET_MODELS))
+def _cfg(name: str) -> Path:
+    folder = CFG if name.startswith("all-ops") else need_shared() / "cfg"
+    return folder / f"{name}.cfg"
+
+
+def _onnxfold(*args: object) -> None:
+    proc = subprocess.run([sys.executable, "-m", "onnxfold", *map(str, args), "-q"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_all_ops_models_use_every_op_the_translator_emits(tmp_path):
+    """The all-ops cfgs (with yolov2's reorg and yolov3-tiny) cover DARKNET_OPS, which export
+    verifies: a new op in the translator fails here until it is exported and listed."""
+    from onnxfold.darknet import convert_darknet
+
+    ops: set[str] = set()
+    for name in (*DARKNET_MODELS, "yolov2"):
+        flavour = DARKNET_MODELS.get(name, ("darknet",))[0]
+        m = convert_darknet(_cfg(name), weights_seed=0, bn_eps=flavour).model
+        ops |= {n.op_type for n in m.graph.node}
+    assert ops == DARKNET_OPS
+    assert DARKNET_OPS <= VERIFIED_OPS
+
+
+@pytest.mark.parametrize("name", list(DARKNET_MODELS))
 def test_darknet_converted_and_folded(py, tmp_path, name):
     """convert -> fuse -> export, to all three targets; every artifact within fp32 tolerance."""
-    cfg = need_shared() / "cfg" / f"{name}.cfg"
+    flavour, outputs = DARKNET_MODELS[name]
     onnx_path, folded = tmp_path / f"{name}.onnx", tmp_path / f"{name}.folded.onnx"
-    for args in (["convert", str(cfg), "--weights-seed", "1", "-o", str(onnx_path)],
-                 ["fuse", str(onnx_path), "-o", str(folded)]):
-        proc = subprocess.run([sys.executable, "-m", "onnxfold", *args, "-q"],
-                              capture_output=True, text=True, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr
+    _onnxfold("convert", _cfg(name), "--weights-seed", "1", "--bn-eps", flavour, "-o", onnx_path)
+    _onnxfold("fuse", onnx_path, "-o", folded)
     m = load_model(folded)
     assert not [n for n in m.graph.node if n.op_type == "BatchNormalization"]
     out = tmp_path / "out"
@@ -233,6 +269,6 @@ def test_darknet_converted_and_folded(py, tmp_path, name):
     assert sorted(arts) == ["tf", "tfjs-cpu", "tfjs-wasm", "tflite"]
     for art, a in arts.items():
         assert a["status"] == "pass", art
-        assert [(o["name"], o["shape"]) for o in a["outputs"]] == DARKNET_MODELS[name], art
+        assert [(o["name"], o["shape"]) for o in a["outputs"]] == outputs, art
         assert 0.0 < worst(a) <= FP32, art
     assert "check: PASS" in stdout

@@ -21,11 +21,11 @@ from onnxfold.parity.inputs import CannotRun, make_feeds, real_inputs
 # darknet translator emits, plus the constants and identities around them. SpaceToDepth is
 # rewritten before conversion; a BatchNormalization that cannot fold converts as itself.
 VERIFIED_OPS = frozenset({
-    "Add", "BatchNormalization", "Concat", "Constant", "Conv", "Identity", "LeakyRelu", "MaxPool",
-    "Mul", "Relu", "Reshape", "Resize", "Sigmoid", "Softmax", "SpaceToDepth", "Split", "Transpose",
-    "Upsample",
+    "Add", "BatchNormalization", "Clip", "Concat", "Constant", "Conv", "Div", "Flatten", "Gemm",
+    "GlobalAveragePool", "HardSigmoid", "Identity", "LeakyRelu", "MaxPool", "Mul", "Pad", "Relu",
+    "Reshape", "Resize", "Sigmoid", "Slice", "Softmax", "Softplus", "SpaceToDepth", "Split",
+    "Tanh", "Transpose", "Upsample",
 })
-
 
 @dataclass
 class Prepared:
@@ -64,7 +64,7 @@ def prepare(
     prepared.CopyFrom(folded)
     _static_inputs(prepared, fixed)
     _name_nodes(prepared)
-    rewrites = _rewrite_space_to_depth(prepared, source)
+    rewrites = _rewrite(prepared, source)
     p = Prepared(prepared, n_folded, bns, rewrites, shapes=fixed, notes=notes)
     p.fold_check = check_parity(model, folded, shapes=fixed, seed=seed)
     p.rewrite_check = check_parity(folded, prepared, shapes=fixed, seed=seed, rel_tol=0.0)
@@ -110,16 +110,21 @@ def _name_nodes(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
-def _rewrite_space_to_depth(model: onnx.ModelProto, source: str) -> list[str]:
-    """SpaceToDepth -> Reshape, Transpose, Reshape (the ONNX spec's own definition): TF.js has no
-    SpaceToDepth kernel."""
-    if not any(n.op_type == "SpaceToDepth" for n in model.graph.node):
+def _rewrite(model: onnx.ModelProto, source: str) -> list[str]:
+    """Ops the targets lack or mistranslate, replaced by equivalents (checked exactly in ORT):
+    SpaceToDepth (TF.js has no kernel); and darknet's shortcut between maps of different shape,
+    whose strided Slice and channel Pad onnx2tf applies to the wrong axes after its NCHW -> NHWC
+    change (the converted graph failed on mismatched shapes)."""
+    if not any(n.op_type in ("SpaceToDepth", "Pad", "Slice") for n in model.graph.node):
         return []
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else 0
                         for d in vi.type.tensor_type.shape.dim]
               for vi in (*inferred.graph.value_info, *inferred.graph.input)}
-    taken = {n.name for n in model.graph.node} | {t.name for t in model.graph.initializer}
+    floats = {vi.name for vi in (*inferred.graph.value_info, *inferred.graph.input)
+              if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    consts = {t.name: t for t in model.graph.initializer}
+    taken = {n.name for n in model.graph.node} | set(consts)
     taken |= {v for n in model.graph.node for v in (*n.input, *n.output)}
 
     def fresh(base: str) -> str:
@@ -129,31 +134,101 @@ def _rewrite_space_to_depth(model: onnx.ModelProto, source: str) -> list[str]:
         taken.add(name)
         return name
 
+    def const(base: str, a: np.ndarray) -> str:
+        name = fresh(base)
+        model.graph.initializer.append(numpy_helper.from_array(a, name))
+        return name
+
     nodes, done = [], []
     for n in model.graph.node:
-        if n.op_type != "SpaceToDepth":
+        if n.op_type == "SpaceToDepth":
+            nodes += _space_to_depth(n, shapes.get(n.input[0], []), fresh, const, source)
+        elif n.op_type == "Slice" and n.input[0] in floats and (
+                strides := _strided_sample(n, consts, shapes.get(n.input[0], []))):
+            nodes += _sample_as_conv(n, shapes[n.input[0]], *strides, const)
+        elif n.op_type == "Pad" and n.input[0] in floats and _pad_rewritable(
+                ends := _zero_end_pads(n, consts), shape := shapes.get(n.input[0], [])):
+            nodes += _pad_channels_as_conv(n, shape, ends, fresh, const)
+        else:
             nodes.append(n)
             continue
-        b = next((a.i for a in n.attribute if a.name == "blocksize"), 0)
-        shape = shapes.get(n.input[0], [])
-        if b < 1 or len(shape) != 4 or not all(shape) or shape[2] % b or shape[3] % b:
-            raise OnnxfoldError(source, f"SpaceToDepth with a static NCHW input divisible by "
-                                f"its blocksize (node '{n.name}')", f"input shape {shape}")
-        nn, c, h, w = shape
-        s6 = fresh(f"{n.name}.shape6")
-        s4 = fresh(f"{n.name}.shape4")
-        model.graph.initializer.extend([
-            numpy_helper.from_array(np.array([nn, c, h // b, b, w // b, b], np.int64), s6),
-            numpy_helper.from_array(np.array([nn, c * b * b, h // b, w // b], np.int64), s4),
-        ])
-        r6, t6 = fresh(f"{n.name}.r6"), fresh(f"{n.name}.t6")
-        nodes += [
-            helper.make_node("Reshape", [n.input[0], s6], [r6], name=fresh(f"{n.name}.reshape6")),
-            helper.make_node("Transpose", [r6], [t6], name=fresh(f"{n.name}.transpose"),
-                             perm=[0, 3, 5, 1, 2, 4]),
-            helper.make_node("Reshape", [t6, s4], [n.output[0]], name=n.name),
-        ]
-        done.append(f"SpaceToDepth '{n.name}'")
+        done.append(f"{n.op_type} '{n.name}'")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     return done
+
+
+def _space_to_depth(n, shape, fresh, const, source) -> list[onnx.NodeProto]:
+    """SpaceToDepth -> Reshape, Transpose, Reshape (the ONNX spec's own definition)."""
+    b = next((a.i for a in n.attribute if a.name == "blocksize"), 0)
+    if b < 1 or len(shape) != 4 or not all(shape) or shape[2] % b or shape[3] % b:
+        raise OnnxfoldError(source, f"SpaceToDepth with a static NCHW input divisible by "
+                            f"its blocksize (node '{n.name}')", f"input shape {shape}")
+    nn, c, h, w = shape
+    s6 = const(f"{n.name}.shape6", np.array([nn, c, h // b, b, w // b, b], np.int64))
+    s4 = const(f"{n.name}.shape4", np.array([nn, c * b * b, h // b, w // b], np.int64))
+    r6, t6 = fresh(f"{n.name}.r6"), fresh(f"{n.name}.t6")
+    return [
+        helper.make_node("Reshape", [n.input[0], s6], [r6], name=fresh(f"{n.name}.reshape6")),
+        helper.make_node("Transpose", [r6], [t6], name=fresh(f"{n.name}.transpose"),
+                         perm=[0, 3, 5, 1, 2, 4]),
+        helper.make_node("Reshape", [t6, s4], [n.output[0]], name=n.name),
+    ]
+
+
+def _zero_end_pads(n: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> list[int] | None:
+    """A float constant-mode Pad adding zeros after the end of axes only: the end pads, else
+    None."""
+    mode = next((a.s for a in n.attribute if a.name == "mode"), b"constant")
+    if mode != b"constant" or len(n.input) < 2 or n.input[1] not in consts or len(n.input) > 3:
+        return None
+    if len(n.input) == 3 and n.input[2] and (
+            n.input[2] not in consts or numpy_helper.to_array(consts[n.input[2]]).any()):
+        return None
+    pads = numpy_helper.to_array(consts[n.input[1]]).astype(np.int64).ravel()
+    rank = len(pads) // 2
+    if len(pads) % 2 or pads[:rank].any() or (pads[rank:] < 0).any():
+        return None
+    return pads[rank:].tolist()
+
+
+def _strided_sample(n, consts, shape) -> tuple[int, int, int] | None:
+    """(channels kept, row step, column step) of a Slice that keeps channels 0..c-1 and every
+    s-th row and column from 0 to the end of a static NCHW tensor; else None."""
+    if len(shape) != 4 or not all(shape) or len(n.input) != 5 \
+            or not all(i in consts for i in n.input[1:]):
+        return None
+    starts, ends, axes, steps = (numpy_helper.to_array(consts[i]).astype(np.int64).ravel()
+                                 for i in n.input[1:])
+    per = {int(a) % 4: (int(b), int(e), int(p)) for a, b, e, p in zip(axes, starts, ends, steps)}
+    if set(per) != {1, 2, 3} or any(b for b, _, _ in per.values()) or per[1][2] != 1:
+        return None
+    c = min(per[1][1], shape[1])
+    for axis in (2, 3):
+        _, e, p = per[axis]
+        if p < 1 or min(e, shape[axis]) <= shape[axis] - p:  # stops before the last window
+            return None
+    return c, per[2][2], per[3][2]
+
+
+def _sample_as_conv(n, shape, c, sh, sw, const) -> list[onnx.NodeProto]:
+    """Strided Slice -> a 1x1 Conv with those strides and identity weights (exact)."""
+    w = np.eye(c, shape[1], dtype=np.float32).reshape(c, shape[1], 1, 1)
+    return [helper.make_node("Conv", [n.input[0], const(f"{n.name}.eye", w)], [n.output[0]],
+                             name=n.name, kernel_shape=[1, 1], strides=[sh, sw])]
+
+
+def _pad_rewritable(ends: list[int] | None, shape: list[int]) -> bool:
+    """Zeros appended to the channels of a static NCHW tensor, nothing else."""
+    return (ends is not None and len(shape) == 4 and all(shape) and ends[1] > 0
+            and ends[0] == ends[2] == ends[3] == 0)
+
+
+def _pad_channels_as_conv(n, shape, ends, fresh, const) -> list[onnx.NodeProto]:
+    """Pad -> a 1x1 Conv whose weights are an identity with zero rows below: exact (each output
+    is one input times 1.0, or 0.0), and onnx2tf lays it out right, where it padded a channel
+    Pad, or a Concat with constant zeros, along the wrong axis after its NCHW -> NHWC change."""
+    c = shape[1]
+    w = np.eye(c + ends[1], c, dtype=np.float32).reshape(c + ends[1], c, 1, 1)
+    return [helper.make_node("Conv", [n.input[0], const(f"{n.name}.eye", w)], [n.output[0]],
+                             name=n.name, kernel_shape=[1, 1])]
