@@ -47,7 +47,7 @@
       try {
         if (await tf.setBackend(name)) {
           await tf.ready();
-          const t = tf.tidy(() => tf.tensor1d([1, 2, 3]).square().sum());
+          const t = tf.tidy(() => tf.sum(tf.square(tf.tensor1d([1, 2, 3]))));
           const v = (await t.data())[0];
           t.dispose();
           if (v === 14) return { name, why };
