@@ -163,7 +163,8 @@
       }
       // The pixels as the file stores them: no colour-profile conversion, no premultiplication.
       const bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none',
-                                                     premultiplyAlpha: 'none' });
+                                                     premultiplyAlpha: 'none' })
+        .catch(() => { throw new Error('its pixels cannot be decoded (a damaged or cut file?)'); });
       const cv = new OffscreenCanvas(w, h);
       const g = cv.getContext('2d', { willReadFrequently: true });
       g.drawImage(bitmap, 0, 0);
@@ -181,8 +182,10 @@
     } catch (e) {
       demo.state = 'ready';
       demo.runs += 1;
-      fail(`Cannot use "${name}": ${e.message || e}. The picture shown is the previous one.`);
-      $('status').textContent = last ? $('status').textContent : 'no picture yet';
+      const why = String(e.message || e).replace(/\.+$/, '');
+      fail(`Cannot use "${name}": ${why}. The picture shown is the previous one.`);
+      if (last) redraw();  // the status line and canvas go back to the previous picture
+      else $('status').textContent = 'no picture yet';
     } finally {
       URL.revokeObjectURL(url);
     }
