@@ -130,12 +130,14 @@ def artifact(path: Path) -> None:
         shutil.copyfile(path, Path(dest) / path.name)
 
 
-def test_page_detections_match_onnxruntime(tools, page, server, tmp_path):
+@pytest.mark.parametrize("backend", [None, "wasm", "cpu"])  # None: the best the browser has
+def test_page_detections_match_onnxruntime(tools, page, server, tmp_path, backend):
     model, _ = page
     picture = tmp_path / "portrait.png"
     picture.write_bytes(demo.png(demo.sample_picture(PICTURE)))
-    shot = tmp_path / "demo-page.png"
-    res = drive(tools, tmp_path, f"{server}?thresh={THRESH}&iou={IOU}",
+    shot = tmp_path / f"demo-page{'-' + backend if backend else ''}.png"
+    force = f"&backend={backend}" if backend else ""
+    res = drive(tools, tmp_path, f"{server}?thresh={THRESH}&iou={IOU}{force}",
                 [{"upload": str(picture), "input": True, "screenshot": str(shot)}])
     artifact(shot)
     start, s = res["snapshots"]
@@ -143,6 +145,7 @@ def test_page_detections_match_onnxruntime(tools, page, server, tmp_path):
     assert s["state"] == "ready" and s["message"] == "", s
     assert s["picture"] == {"name": "portrait.png", "width": PICTURE[0], "height": PICTURE[1]}
     assert s["backend"] in ("webgl", "wasm", "cpu") and f"backend {s['backend']}" in s["status"]
+    assert backend in (None, s["backend"])
     assert res["consoleErrors"] == []
 
     # The input tensor: darknet's letterbox as onnxfold computes it, to the bit.
@@ -165,8 +168,9 @@ def test_page_detections_match_onnxruntime(tools, page, server, tmp_path):
     numbers = {"backend": s["backend"], "inference_ms": s["inferenceMs"], "detections": len(dets),
                "input_max_abs_diff": input_diff, "box_max_px_diff": box_diff,
                "score_max_diff": score_diff, "screenshot": str(shot)}
-    (tmp_path / "demo-numbers.json").write_text(json.dumps(numbers, indent=1))
-    artifact(tmp_path / "demo-numbers.json")
+    numbers_file = tmp_path / f"{shot.stem}-numbers.json"
+    numbers_file.write_text(json.dumps(numbers, indent=1))
+    artifact(numbers_file)
     print(f"\ndemo page in headless chromium: {json.dumps(numbers)}")
 
 

@@ -172,3 +172,42 @@ def test_sample_picture_is_fixed_and_not_the_networks_size():
     assert a == b
     im = PIL.open(__import__("io").BytesIO(a))
     assert im.size == demo.SAMPLE_SIZE and im.mode == "RGB"
+
+
+def test_page_files_are_byte_identical_across_writes(tmp_path):
+    try:
+        demo.check_bundles()
+    except OnnxfoldError as e:
+        pytest.skip(str(e))
+    files = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        files.append(demo.write(tmp_path / name, demo.demo_meta(region_model(), "m.onnx"),
+                                "images", "Identity:0"))
+    assert files[0] == files[1]
+    assert {"index.html", "demo/demo.js", "demo/yolo.js", "demo/meta.json", "demo/sample.png",
+            "demo/tfjs/tf-core.min.js", "demo/tfjs/tfjs-backend-wasm-simd.wasm"} <= set(files[0])
+    for f in files[0]:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    meta = json.loads((tmp_path / "a" / "demo" / "meta.json").read_text())
+    assert meta["input"] == "images" and meta["heads"][0]["output"] == "Identity:0"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to", "tf", "--demo"], "onnxfold: error: --demo: expected --to with tfjs (the page runs "
+     "the TF.js model), found --to tf\n"),
+    (["--to", "tfjs", "--demo", "--nhwc"], "onnxfold: error: --demo: expected the ONNX (NCHW) "
+     "interface, which the page feeds, found --nhwc\n"),
+    (["--to", "tfjs", "--demo"], "no darknet.head in metadata_props\n"),
+])
+def test_demo_refusals_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    from onnxfold.cli import main
+
+    m = region_model()
+    if args == ["--to", "tfjs", "--demo"]:
+        del m.metadata_props[:]  # not from onnxfold convert
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    assert main(["export", str(src), "-o", str(tmp_path / "out"), *args]) == 2
+    assert capsys.readouterr().err.endswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
