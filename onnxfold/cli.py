@@ -139,6 +139,9 @@ def _add_export(sub) -> None:
                    help="static shape for an input (repeatable); unset dynamic dims become 1")
     e.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
     e.add_argument("--no-check", action="store_true", help="convert only; run no runtime")
+    e.add_argument("--demo", action="store_true",
+                   help="also write index.html, a detection page running the TF.js model (for "
+                   "models converted from darknet YOLO cfgs)")
     e.add_argument("--report", type=Path, metavar="R.json", help="also write the report here")
     e.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     e.add_argument("--install", action="store_true",
@@ -254,7 +257,7 @@ def _export(args: argparse.Namespace) -> int:
     outcome = export_file(
         args.model, args.output, parse_targets(args.to), force=args.force, fp16=args.fp16,
         quantize=args.quantize, nhwc=args.nhwc, shapes=dict(parse_shape(s) for s in args.shape),
-        seed=args.seed, check=not args.no_check, report_path=args.report,
+        seed=args.seed, check=not args.no_check, report_path=args.report, demo=args.demo,
     )
     if not args.quiet or outcome.error:
         print(outcome.text, file=sys.stderr if args.quiet else sys.stdout)

@@ -165,6 +165,11 @@ def test_js_packages_pinned_and_locked():
         assert entry["version"] == "4.22.0"
         assert entry["integrity"].startswith("sha512-")
     assert "tfjs-node" not in json.dumps(lock)  # it downloads a native binary at install time
+    assert pkg["devDependencies"] == {"playwright-core": stack.PLAYWRIGHT_CORE}
+    assert lock["packages"][""]["devDependencies"] == pkg["devDependencies"]
+    entry = lock["packages"]["node_modules/playwright-core"]
+    assert entry["version"] == stack.PLAYWRIGHT_CORE and entry["integrity"].startswith("sha512-")
+    assert "\"node_modules/playwright\"" not in json.dumps(lock)  # it downloads browsers
 
 
 def test_readme_names_the_pins():

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from onnxfold.errors import OnnxfoldError
+from onnxfold.export import demo as demo_page
 from onnxfold.export import report, stack
 from onnxfold.export.prepare import prepare
+from onnxfold.export.tf import match_names
 from onnxfold.modelio import load_model, model_bytes, write_atomic
 from onnxfold.parity.compare import compare
 from onnxfold.parity.inputs import make_feeds
@@ -65,6 +67,7 @@ def export_file(
     report_path: Path | None = None,
     backends: tuple[str, ...] = BACKENDS,
     fold: bool = True,
+    demo: bool = False,
 ) -> ExportOutcome:
     """The whole `onnxfold export` job; raises OnnxfoldError for bad input or a missing tool."""
     t0 = time.perf_counter()
@@ -75,12 +78,16 @@ def export_file(
         timings[name] = now - start
         return now
 
-    _check_args(source, out_dir, targets, force, fp16, quantize, report_path)
+    _check_args(source, out_dir, targets, force, fp16, quantize, report_path, nhwc, demo)
     model = load_model(source)
+    page = demo_page.demo_meta(model, str(source)) if demo else None
     prep = prepare(model, str(source), shapes, seed, fold)  # refuses what no target can take
     stack.require(targets)
+    if demo:
+        demo_page.check_bundles()
     t = lap("prepare", t0)
     rep = report.start(str(source), str(out_dir), targets, nhwc, prep, stack.versions(targets))
+    rep["demo"] = demo
     error = ""
     if prep.fold_check.status == "fail" or prep.rewrite_check.status == "fail":
         error = "the prepared model disagrees with the original in onnxruntime (an onnxfold bug)"
@@ -91,7 +98,7 @@ def export_file(
             work = Path(w)
             if not error:
                 error = _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc,
-                                           seed, check, backends, rep, lap, t)
+                                           seed, check, backends, rep, lap, t, page)
         rep["output"] = str(out_dir) if not error else None
         rep["files"] = _files(staging) if not error else []
         (staging / "export.json").write_bytes(report.to_json(rep).encode())
@@ -109,7 +116,7 @@ def export_file(
 
 
 def _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc, seed, check,
-                       backends, rep, lap, t) -> str:
+                       backends, rep, lap, t, page=None) -> str:
     from onnxfold.export import tf, tfjs, tflite
 
     (staging / "model.onnx").write_bytes(model_bytes(prep.model))
@@ -135,6 +142,13 @@ def _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc, seed,
             saved = work / "saved_model_only"
             shutil.copytree(conv.saved_model, saved, ignore=shutil.ignore_patterns("*.tflite"))
             tfjs.convert(saved, staging / "tfjs", work, quantize)
+            if page is not None:
+                sig_in, sig_out = tfjs.signature(staging / "tfjs")
+                i_name = prep.model.graph.input[0].name
+                o_name = prep.model.graph.output[0].name
+                i_key = match_names([i_name], list(sig_in), "input")[i_name]
+                o_key = match_names([o_name], list(sig_out), "output")[o_name]
+                demo_page.write(staging, page, sig_in[i_key], sig_out[o_key])
             for be in backends:
                 artifacts.append((f"tfjs-{be}", "tfjs", quantize or "float32",
                                   lambda p, f, o, be=be: tfjs.run(p, f, o, be)[0]))
@@ -184,7 +198,14 @@ def _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc, seed,
     return f"check failed for {', '.join(failed)}" if failed else ""
 
 
-def _check_args(source, out_dir, targets, force, fp16, quantize, report_path) -> None:
+def _check_args(source, out_dir, targets, force, fp16, quantize, report_path, nhwc=False,
+                demo=False) -> None:
+    if demo and "tfjs" not in targets:
+        raise OnnxfoldError("--demo", "--to with tfjs (the page runs the TF.js model)",
+                            f"--to {','.join(targets)}")
+    if demo and nhwc:
+        raise OnnxfoldError("--demo", "the ONNX (NCHW) interface, which the page feeds",
+                            "--nhwc")
     if fp16 and "tflite" not in targets:
         raise OnnxfoldError("--fp16", "--to with tflite (it adds model_float16.tflite)",
                             f"--to {','.join(targets)}")

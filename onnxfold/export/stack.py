@@ -33,7 +33,10 @@ TFJS_DEPS = [
 TFJS = ["tensorflowjs==4.22.0"]
 
 JS_DIR = Path(__file__).resolve().parent / "js"
-JS_PACKAGES = ["tfjs-core", "tfjs-converter", "tfjs-backend-cpu", "tfjs-backend-wasm"]
+JS_PACKAGES = ["tfjs-core", "tfjs-converter", "tfjs-backend-cpu", "tfjs-backend-wasm",
+               "tfjs-backend-webgl"]  # webgl: only the --demo page uses it
+# Drives the system Chromium in the --demo page's tests (a devDependency: it downloads no browser).
+PLAYWRIGHT_CORE = "1.65.1"
 INSTALL_HINT = "onnxfold export --install"
 
 # What each target needs: (import name, distribution name).
