@@ -148,6 +148,47 @@ def test_meta_from_the_converters_metadata():
     assert demo.demo_meta(region_model(), "m.onnx")["labels"] is None  # the page says "class N"
 
 
+@pytest.mark.parametrize("head", ["raw", "darknet"])
+def test_meta_of_a_two_yolo_head_model_from_the_converter(head):
+    from onnxfold.darknet import convert_darknet
+
+    cfg = demo.PAGE_DIR.parent.parent.parent / "tests" / "export" / "demo-yolov3.cfg"
+    m = convert_darknet(cfg, weights_seed=0, head=head, bn_eps="alexeyab").model
+    meta = demo.demo_meta(m, "m.onnx")
+    assert (meta["width"], meta["height"], meta["classes"], meta["head"]) == (224, 160, 3, head)
+    assert meta["heads"] == [  # cfg order, each head's masked anchors in input pixels
+        {"kind": "yolo", "classes": 3, "output": "output0", "scaleXY": 1.05,
+         "anchors": [[48.0, 56.0], [80.0, 96.0], [140.0, 120.0]]},
+        {"kind": "yolo", "classes": 3, "output": "output1", "scaleXY": 1.0,
+         "anchors": [[8.0, 10.0], [16.0, 20.0], [28.0, 40.0]]}]
+
+
+def yolo_model(**props) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])
+    outs = [helper.make_tensor_value_info(f"output{k}", TensorProto.FLOAT, [1, 14, 2, 2])
+            for k in range(2)]
+    nodes = [helper.make_node("Identity", ["images"], [f"output{k}"]) for k in range(2)]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], outs))
+    base = {"darknet.head": "raw", "darknet.width": "64", "darknet.height": "64",
+            "darknet.classes": "2,2", "darknet.masks": "2,3;0,1",
+            "darknet.anchors": "1,2,3,4,5,6,7,8;1,2,3,4,5,6,7,8", "darknet.scale_x_y": "1.1,1.0"}
+    for k, v in {**base, **props}.items():
+        m.metadata_props.add(key=k, value=v)
+    return m
+
+
+@pytest.mark.parametrize("props, found", [
+    ({"darknet.masks": "2,3"}, "one darknet.masks entry per output \\(2\\) for --demo, found 1"),
+    ({"darknet.classes": "2,3"}, "the same classes in every \\[yolo\\] head"),
+    ({"darknet.masks": "2,4;0,1"}, "mask indices into the anchor pairs"),
+    ({"darknet.scale_x_y": "1.1,x"}, "ValueError"),
+])
+def test_yolo_meta_refusals(props, found):
+    assert demo.demo_meta(yolo_model(), "m.onnx")["heads"][0]["anchors"] == [[5, 6], [7, 8]]
+    with pytest.raises(OnnxfoldError, match=found):
+        demo.demo_meta(yolo_model(**props), "m.onnx")
+
+
 @pytest.mark.parametrize("key, value, found", [
     ("darknet.head", None, "no darknet.head in metadata_props"),
     ("darknet.head", "boxes", "--head boxes"),
@@ -183,7 +224,7 @@ def test_page_files_are_byte_identical_across_writes(tmp_path):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         files.append(demo.write(tmp_path / name, demo.demo_meta(region_model(), "m.onnx"),
-                                "images", "Identity:0"))
+                                "images", {"output": "Identity:0"}))
     assert files[0] == files[1]
     assert {"index.html", "demo/demo.js", "demo/yolo.js", "demo/meta.json", "demo/sample.png",
             "demo/tfjs/tf-core.min.js", "demo/tfjs/tfjs-backend-wasm-simd.wasm"} <= set(files[0])

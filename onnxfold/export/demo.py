@@ -1,6 +1,6 @@
 """`onnxfold export --demo`: a static detection page beside the TF.js model.
 
-The page (page/index.html, demo.js, yolo.js) runs `tfjs/` in the browser and decodes the YOLO head
+The page (page/index.html, demo.js, yolo.js) runs `tfjs/` in the browser and decodes the YOLO heads
 itself, with the anchors and classes the darknet converter wrote into the model's metadata. It
 needs nothing from the network: the TF.js bundles are copied from the pinned npm packages in
 js/node_modules, and the sample picture is drawn here from a fixed recipe.
@@ -38,7 +38,8 @@ SAMPLE_SIZE = (640, 400)  # width, height: not the network's, so the page letter
 
 
 def demo_meta(model: onnx.ModelProto, source: str) -> dict:
-    """What the page needs to decode the head, from the darknet converter's metadata_props."""
+    """What the page needs to decode the heads, from the darknet converter's metadata_props: one
+    [region] output (YOLOv2), or one output per [yolo] layer (YOLOv3/v4) in the graph's order."""
     props = {p.key: p.value for p in model.metadata_props}
     head = props.get("darknet.head")
     if head is None:
@@ -49,23 +50,17 @@ def demo_meta(model: onnx.ModelProto, source: str) -> dict:
         raise OnnxfoldError(source, "a model converted with --head darknet or --head raw for "
                             "--demo (the page decodes the boxes itself)", f"--head {head}")
     if "darknet.anchors" not in props:
-        raise OnnxfoldError(source, "a darknet cfg ending in [region] for --demo",
-                            "no darknet.anchors in metadata_props")
-    if len(model.graph.output) != 1:
-        raise OnnxfoldError(source, "one output (the [region] head) for --demo",
-                            f"{len(model.graph.output)} outputs")
+        raise OnnxfoldError(source, "a darknet cfg ending in [region] or with [yolo] layers for "
+                            "--demo", "no darknet.anchors in metadata_props")
+    outputs = [o.name for o in model.graph.output]
+    heads = _yolo_heads(props, outputs, source) if "darknet.masks" in props else \
+        _region_heads(props, outputs, source)
+    classes = heads[0]["classes"]
     try:
-        num, classes = int(props["darknet.num"]), int(props["darknet.classes"])
         width, height = int(props["darknet.width"]), int(props["darknet.height"])
-        values = [float(v) for v in props["darknet.anchors"].split(",") if v]
     except (KeyError, ValueError) as e:
-        raise OnnxfoldError(source, "darknet.num, .classes, .width, .height and .anchors as "
-                            "numbers in metadata_props", f"{type(e).__name__}: {e}") from None
-    if not values:
-        values = [0.5] * (2 * num)  # darknet's default biases
-    if len(values) != 2 * num:
-        raise OnnxfoldError(source, f"2*num = {2 * num} anchors in metadata_props",
-                            f"{len(values)}")
+        raise OnnxfoldError(source, "darknet.width and .height as numbers in metadata_props",
+                            f"{type(e).__name__}: {e}") from None
     names = props.get("darknet.names")
     labels = names.split("\n") if names else None
     if labels is not None and len(labels) != classes:
@@ -74,10 +69,60 @@ def demo_meta(model: onnx.ModelProto, source: str) -> dict:
     return {
         "source": f"{cfg} ({props.get('darknet.weights', 'weights unknown')})",
         "head": head, "width": width, "height": height, "classes": classes, "labels": labels,
-        "input": model.graph.input[0].name, "thresh": THRESH, "iou": IOU,
-        "heads": [{"kind": "region", "classes": classes, "output": model.graph.output[0].name,
-                   "anchors": [values[k:k + 2] for k in range(0, len(values), 2)]}],
+        "input": model.graph.input[0].name, "thresh": THRESH, "iou": IOU, "heads": heads,
     }
+
+
+def _region_heads(props: dict[str, str], outputs: list[str], source: str) -> list[dict]:
+    if len(outputs) != 1:
+        raise OnnxfoldError(source, "one output (the [region] head) for --demo",
+                            f"{len(outputs)} outputs")
+    try:
+        num, classes = int(props["darknet.num"]), int(props["darknet.classes"])
+        values = [float(v) for v in props["darknet.anchors"].split(",") if v]
+    except (KeyError, ValueError) as e:
+        raise OnnxfoldError(source, "darknet.num, .classes and .anchors as numbers in "
+                            "metadata_props", f"{type(e).__name__}: {e}") from None
+    if not values:
+        values = [0.5] * (2 * num)  # darknet's default biases
+    if len(values) != 2 * num:
+        raise OnnxfoldError(source, f"2*num = {2 * num} anchors in metadata_props",
+                            f"{len(values)}")
+    return [{"kind": "region", "classes": classes, "output": outputs[0],
+             "anchors": [values[k:k + 2] for k in range(0, len(values), 2)]}]
+
+
+def _yolo_heads(props: dict[str, str], outputs: list[str], source: str) -> list[dict]:
+    """darknet.masks, .anchors (every anchor, in input pixels), .classes, .scale_x_y: one entry
+    per output (';' or ',' separated, as convert writes them); a head's anchors are its mask's."""
+    try:
+        masks = [[int(v) for v in m.split(",") if v] for m in props["darknet.masks"].split(";")]
+        anchors = [[float(v) for v in a.split(",") if v]
+                   for a in props["darknet.anchors"].split(";")]
+        classes = [int(v) for v in props["darknet.classes"].split(",")]
+        scales = [float(v) for v in props.get("darknet.scale_x_y", "").split(",") if v] or \
+            [1.0] * len(masks)
+    except (KeyError, ValueError) as e:
+        raise OnnxfoldError(source, "darknet.masks, .anchors, .classes and .scale_x_y as numbers "
+                            "in metadata_props", f"{type(e).__name__}: {e}") from None
+    n = len(outputs)
+    for key, got in (("masks", masks), ("anchors", anchors), ("classes", classes),
+                     ("scale_x_y", scales)):
+        if len(got) != n:
+            raise OnnxfoldError(source, f"one darknet.{key} entry per output ({n}) for --demo",
+                                f"{len(got)}")
+    if len(set(classes)) != 1:
+        raise OnnxfoldError(source, "the same classes in every [yolo] head for --demo",
+                            ",".join(map(str, classes)))
+    heads = []
+    for out, mask, values, c, sxy in zip(outputs, masks, anchors, classes, scales):
+        bad = [m for m in mask if not 0 <= m < len(values) // 2]
+        if bad or not mask or len(values) % 2:
+            raise OnnxfoldError(source, "mask indices into the anchor pairs in metadata_props",
+                                f"mask {mask} over {len(values)} anchor numbers")
+        heads.append({"kind": "yolo", "classes": c, "output": out, "scaleXY": sxy,
+                      "anchors": [values[2 * m:2 * m + 2] for m in mask]})
+    return heads
 
 
 def check_bundles() -> None:
@@ -87,12 +132,12 @@ def check_bundles() -> None:
                                 f"--demo page (install with: {INSTALL_HINT})", "not installed")
 
 
-def write(out: Path, meta: dict, tfjs_input: str, tfjs_output: str) -> list[str]:
+def write(out: Path, meta: dict, tfjs_input: str, tfjs_outputs: dict[str, str]) -> list[str]:
     """Write index.html and demo/ into `out` (the export folder holding tfjs/); return the files.
-    tfjs_input/tfjs_output: the model's node names in model.json for the ONNX input/output."""
+    tfjs_input: the input's node name in model.json; tfjs_outputs: ONNX output -> node name."""
     check_bundles()
     meta = {**meta, "input": tfjs_input,
-            "heads": [{**meta["heads"][0], "output": tfjs_output}]}
+            "heads": [{**h, "output": tfjs_outputs[h["output"]]} for h in meta["heads"]]}
     d = out / "demo"
     (d / "tfjs").mkdir(parents=True)
     shutil.copyfile(PAGE_DIR / "index.html", out / "index.html")

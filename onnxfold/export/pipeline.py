@@ -145,10 +145,11 @@ def _convert_and_check(prep, staging, work, targets, fp16, quantize, nhwc, seed,
             if page is not None:
                 sig_in, sig_out = tfjs.signature(staging / "tfjs")
                 i_name = prep.model.graph.input[0].name
-                o_name = prep.model.graph.output[0].name
+                o_names = [o.name for o in prep.model.graph.output]
                 i_key = match_names([i_name], list(sig_in), "input")[i_name]
-                o_key = match_names([o_name], list(sig_out), "output")[o_name]
-                demo_page.write(staging, page, sig_in[i_key], sig_out[o_key])
+                o_keys = match_names(o_names, list(sig_out), "output")
+                demo_page.write(staging, page, sig_in[i_key],
+                                {o: sig_out[o_keys[o]] for o in o_names})
             for be in backends:
                 artifacts.append((f"tfjs-{be}", "tfjs", quantize or "float32",
                                   lambda p, f, o, be=be: tfjs.run(p, f, o, be)[0]))

@@ -235,7 +235,8 @@
       $('thresh').value = params.get('thresh') || meta.thresh;
       $('iou').value = params.get('iou') || meta.iou;
       $('model').textContent = `${meta.source}: input ${meta.width}×${meta.height}, ` +
-        `${meta.classes} classes, ${meta.heads.map((h) => h.kind).join(' + ')} head (` +
+        `${meta.classes} classes, ${meta.heads.length > 1 ? meta.heads.length + ' ' : ''}` +
+        `${meta.heads[0].kind} head${meta.heads.length > 1 ? 's' : ''} (` +
         `${meta.head === 'raw' ? 'raw: decoded here' : 'darknet'}); letterboxed as darknet, ` +
         'Pillow-bilinear resize, 0.5 grey fill';
       $('status').textContent = 'starting TF.js…';
