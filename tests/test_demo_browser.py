@@ -1,12 +1,15 @@
 """The `onnxfold export --demo` page in a real browser: Debian's Chromium, headless, driven by
 playwright-core (tests/export/drive_page.js), the page served from 127.0.0.1.
 
-A small YOLOv2 (tests/export/demo-yolo.cfg, 224x160, 3 classes, synthetic weights) is converted
-with `--head raw` and exported with `--to tfjs --demo` in the export environment. The page gets a
-300x420 picture (letterboxed into 224x160), and its input tensor and detections are compared
-with onnxfold's own preprocessing (parity/images.py) and with onnxruntime's outputs decoded in
-numpy (tests/export/yolo_ref.py). Needs the export stack, node with the npm packages
-(`onnxfold export --install`) and chromium; without them these tests skip, except under CI.
+Two small networks with synthetic weights, each converted with `--head raw` and `--head darknet`
+and exported with `--to tfjs --demo`: a YOLOv2 (tests/export/demo-yolo.cfg, one [region] head)
+and a yolov3-tiny-like net (tests/export/demo-yolov3.cfg, two [yolo] heads, scale_x_y on one).
+The page gets a 300x420 picture (letterboxed into the 224x160 network); its input tensor is
+compared with onnxfold's own preprocessing (parity/images.py) and its detections with onnxfold's
+own decode: the same cfg and weights converted with `--head boxes` (and `--nms`), run in
+onnxruntime on that preprocessing, the letterbox undone here as darknet's correct_region_boxes /
+correct_yolo_boxes. Needs the export stack, node with the npm packages (`onnxfold export
+--install`) and chromium; without them these tests skip, except under CI.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import struct
 import subprocess
 import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +39,28 @@ from tests.test_export_slow import _export_python, export
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-CFG = REPO / "tests" / "export" / "demo-yolo.cfg"
 DRIVER = REPO / "tests" / "export" / "drive_page.js"
-WEIGHTS_SEED = 3  # 19 detections at these thresholds; no score within 5e-3 of THRESH
-THRESH, IOU = 0.35, 0.45
-PICTURE = (300, 420)  # width, height: taller than the 224x160 network, so it is letterboxed
+PICTURE = (300, 420)  # width, height: taller than the 224x160 networks, so it is letterboxed
 NET_W, NET_H = 224, 160
 LABELS = ["house", "tree", "sun & sky"]  # the page escapes them
-# Where onnxruntime's reference boxes come from: "raw" decodes the last conv in numpy here; once
-# `onnxfold convert --head boxes` lands, "boxes" reads the model's own decoded outputs.
-REFERENCE_HEAD = "raw"
+
+
+@dataclass(frozen=True)
+class Net:
+    cfg: Path
+    bn_eps: str
+    seed: int
+    thresh: float  # the slider: no score within 2e-3 of it on the test picture
+    iou: float = 0.45
+
+
+NETS = {
+    # 19 detections at 0.35, from the one [region] head
+    "region": Net(REPO / "tests" / "export" / "demo-yolo.cfg", "darknet", 3, 0.35),
+    # 19 detections at 0.6, every class, from both [yolo] heads (scale_x_y 1.05 on the first);
+    # sigmoid classes put synthetic scores near 0.5, hence the higher threshold
+    "yolo": Net(REPO / "tests" / "export" / "demo-yolov3.cfg", "alexeyab", 6, 0.6),
+}
 
 
 def _tools() -> dict[str, str]:
@@ -63,32 +79,49 @@ def tools() -> dict[str, str]:
     return _tools()
 
 
-@pytest.fixture(scope="module")
-def page(tools, tmp_path_factory):
-    """(the converted model, the exported folder) for the demo cfg."""
+def convert(net: Net, head: str, **kw):
     from onnxfold.darknet import convert_darknet
+
+    m = convert_darknet(net.cfg, weights_seed=net.seed, head=head, bn_eps=net.bn_eps, **kw).model
+    # What `onnxfold convert --names` writes: the page shows them.
+    m.metadata_props.add(key="darknet.names", value="\n".join(LABELS))
+    return m
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The folder the server serves: one exported folder per (net, head)."""
+    return tmp_path_factory.mktemp("site")
+
+
+@pytest.fixture(scope="module")
+def exported(tools, site):
+    """exported(net, head) -> the folder name under `site` (exported once per module)."""
     from onnxfold.modelio import model_bytes
 
-    d = tmp_path_factory.mktemp("demo")
-    model = d / "demo-yolo.onnx"
-    head = "raw" if REFERENCE_HEAD == "raw" else "darknet"
-    m = convert_darknet(CFG, weights_seed=WEIGHTS_SEED, head=head).model
-    # What `onnxfold convert --names` writes (on a colleague's branch): the page shows them.
-    m.metadata_props.add(key="darknet.names", value="\n".join(LABELS))
-    model.write_bytes(model_bytes(m))
-    out = d / "out"
-    code, stdout, stderr, _ = export(tools["python"], model, out, "--to", "tfjs", "--demo")
-    assert code == 0, stdout + stderr
-    return model, out
+    done: dict[tuple[str, str], str] = {}
+
+    def get(net: str, head: str) -> str:
+        if (net, head) not in done:
+            name = f"{net}-{head}"
+            model = site / f"{name}.onnx"
+            model.write_bytes(model_bytes(convert(NETS[net], head)))
+            code, stdout, stderr, _ = export(tools["python"], model, site / name, "--to", "tfjs",
+                                             "--demo")
+            assert code == 0, stdout + stderr
+            done[net, head] = name
+        return done[net, head]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def server(page):
-    handler = functools.partial(Quiet, directory=str(page[1]))
+def server(site):
+    handler = functools.partial(Quiet, directory=str(site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     t = threading.Thread(target=httpd.serve_forever, daemon=True)
     t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/index.html"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
 
@@ -109,21 +142,30 @@ def drive(tools, tmp_path: Path, url: str, steps: list[dict], first: dict | None
     return json.loads((tmp_path / "result.json").read_text())
 
 
-def reference(model: Path, picture: Path, w: int, h: int) -> list[dict]:
-    """onnxruntime's detections for the picture, preprocessed by onnxfold (parity/images.py)."""
+def reference(net: Net, picture: Path) -> tuple[list[dict], np.ndarray]:
+    """onnxfold's own detections for the picture: the model converted with --head boxes, run in
+    onnxruntime on onnxfold's preprocessing (parity/images.py); corners back to picture pixels
+    (darknet's correct_region_boxes / correct_yolo_boxes), darknet's per-class NMS. Also the
+    scores, and a check that --nms with the same thresholds keeps the same detections."""
     import onnxruntime as ort
 
+    from onnxfold.darknet import Nms
+    from onnxfold.modelio import model_bytes
+
+    def run(model, names):
+        sess = ort.InferenceSession(model_bytes(model), providers=["CPUExecutionProvider"])
+        return [a.astype(np.float64) for a in sess.run(names, {"images": x})]
+
     x = load_image(picture, [1, 3, NET_H, NET_W])
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    if REFERENCE_HEAD == "boxes":
-        boxes, scores = (a[0].astype(np.float64) for a in sess.run(["boxes", "scores"],
-                                                                    {"images": x}))
-    else:
-        meta = demo.demo_meta(__import__("onnx").load(str(model)), str(model))
-        out = sess.run(None, {"images": x})[0]
-        boxes, scores = yolo_ref.decode(out, "region", meta["heads"][0]["anchors"],
-                                        meta["classes"], NET_W, NET_H, raw=True)
-    return yolo_ref.detections(boxes, scores, w, h, NET_W, NET_H, THRESH, IOU), scores
+    w, h = PICTURE
+    boxes, scores = (a[0] for a in run(convert(net, "boxes"), ["boxes", "scores"]))
+    dets = yolo_ref.detections(boxes, scores, w, h, NET_W, NET_H, net.thresh, net.iou)
+    rows, = run(convert(net, "boxes", nms=Nms(net.thresh, net.iou)), ["detections"])
+    kept = yolo_ref.to_picture(rows[:, 3:], w, h, NET_W, NET_H)
+    got = sorted((int(r[1]), round(r[2], 6), *np.round(b, 3)) for r, b in zip(rows, kept))
+    want = sorted((d["class"], round(d["score"], 6), *np.round(d["box"], 3)) for d in dets)
+    assert got == want  # onnxfold's NonMaxSuppression keeps what darknet's do_nms_sort keeps
+    return dets, scores
 
 
 def artifact(path: Path) -> None:
@@ -133,15 +175,24 @@ def artifact(path: Path) -> None:
         shutil.copyfile(path, Path(dest) / path.name)
 
 
-@pytest.mark.parametrize("backend", [None, "wasm", "cpu"])  # None: the best the browser has
-def test_page_detections_match_onnxruntime(tools, page, server, tmp_path, backend):
-    model, _ = page
+CASES = [  # (net, head, backend); backend None: the best the browser has
+    ("region", "raw", None), ("region", "raw", "wasm"), ("region", "raw", "cpu"),
+    ("region", "darknet", None), ("yolo", "raw", None), ("yolo", "darknet", None),
+    ("yolo", "darknet", "wasm"),
+]
+
+
+@pytest.mark.parametrize("net, head, backend", CASES)
+def test_page_detections_match_onnxfold_boxes(tools, exported, server, tmp_path, net, head,
+                                              backend):
+    folder = exported(net, head)
+    n = NETS[net]
     picture = tmp_path / "portrait.png"
     picture.write_bytes(demo.png(demo.sample_picture(PICTURE)))
-    shot = tmp_path / f"demo-page{'-' + backend if backend else ''}.png"
+    shot = tmp_path / f"demo-page-{folder}{'-' + backend if backend else ''}.png"
     force = f"&backend={backend}" if backend else ""
-    res = drive(tools, tmp_path, f"{server}?thresh={THRESH}&iou={IOU}{force}",
-                [{"upload": str(picture), "input": True, "screenshot": str(shot)}])
+    res = drive(tools, tmp_path, f"{server}/{folder}/index.html?thresh={n.thresh}&iou={n.iou}"
+                f"{force}", [{"upload": str(picture), "input": True, "screenshot": str(shot)}])
     artifact(shot)
     start, s = res["snapshots"]
     assert start["state"] == "ready" and start["picture"]["name"] == "sample.png", start
@@ -157,10 +208,10 @@ def test_page_detections_match_onnxruntime(tools, page, server, tmp_path, backen
     input_diff = float(np.abs(got - want).max())
     assert input_diff <= 1e-6
 
-    ref, scores = reference(model, picture, *PICTURE)
-    assert np.abs(scores - THRESH).min() > 2e-3  # no detection sits on the threshold
+    ref, scores = reference(n, picture)
+    assert np.abs(scores - n.thresh).min() > 2e-3  # no detection sits on the threshold
     dets = s["detections"]
-    assert len(ref) >= 3
+    assert len(ref) >= 3 and len({r["class"] for r in ref}) == 3
     assert len(dets) == len(ref), (dets, ref)
     box_diff = score_diff = 0.0
     for g, r in zip(dets, ref):
@@ -168,7 +219,8 @@ def test_page_detections_match_onnxruntime(tools, page, server, tmp_path, backen
         score_diff = max(score_diff, abs(g["score"] - r["score"]))
         box_diff = max(box_diff, float(np.abs(np.subtract(g["box"], r["box"])).max()))
     assert score_diff <= 1e-3 and box_diff <= 1.0
-    numbers = {"backend": s["backend"], "inference_ms": s["inferenceMs"], "detections": len(dets),
+    numbers = {"net": net, "head": head, "backend": s["backend"],
+               "inference_ms": s["inferenceMs"], "detections": len(dets),
                "input_max_abs_diff": input_diff, "box_max_px_diff": box_diff,
                "score_max_diff": score_diff, "screenshot": str(shot)}
     numbers_file = tmp_path / f"{shot.stem}-numbers.json"
@@ -191,7 +243,7 @@ def huge_png(w: int, h: int) -> bytes:
             + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
-def test_page_bad_input_messages(tools, server, tmp_path):
+def test_page_bad_input_messages(tools, exported, server, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a picture\n")
     empty = tmp_path / "empty.png"
@@ -201,7 +253,7 @@ def test_page_bad_input_messages(tools, server, tmp_path):
     broken = demo.png(demo.sample_picture((64, 48)))[:200]  # a PNG cut short
     ok = tmp_path / "ok.png"
     ok.write_bytes(demo.png(demo.sample_picture((90, 60))))
-    res = drive(tools, tmp_path, server, [
+    res = drive(tools, tmp_path, f"{server}/{exported('region', 'raw')}/index.html", [
         {"upload": str(text)},
         {"upload": str(empty)},
         {"upload": str(huge), "screenshot": str(tmp_path / "demo-page-too-large.png")},

@@ -2,9 +2,11 @@
 page's tests: region/yolo -> boxes and scores, correct_region_boxes, per-class greedy NMS.
 
 `boxes` are (x1, y1, x2, y2) as fractions of the network input and `scores` objectness * class
-probability, ordered anchor, row, column: the outputs of `onnxfold convert --head boxes`, so a
-reference from that head skips `decode_region` and goes straight to `detections`.
-"""
+probability, ordered anchor, row, column: the outputs of `onnxfold convert --head boxes`. The
+browser test feeds those (onnxfold's own decode) straight to `detections`; `decode` stays as the
+independent check of yolo.js's decode in Node (tests/test_demo_page.py), which starts from raw
+conv outputs (logistic, softmax, scale_x_y in JS) where `--head boxes` starts from darknet's
+buffers."""
 
 from __future__ import annotations
 
