@@ -48,12 +48,12 @@ def fold_conv(
 
     W' = W * s along the output-channel axis 0; b' = b * s + t (b = 0 when absent).
     """
-    w = np.asarray(weight, dtype=np.float64)
-    m = w.shape[0]
+    w = np.array(weight, dtype=np.float64)  # our own copy: scaled in place (a big weight's
+    m = w.shape[0]                           # float64 temporaries are what peak memory is)
     if s.shape != (m,):
         raise ValueError(f"scale has shape {s.shape}, weight has {m} output channels")
-    w_folded = w * s.reshape((m,) + (1,) * (w.ndim - 1))
-    return w_folded, _fold_bias(conv_bias, s, t)
+    w *= s.reshape((m,) + (1,) * (w.ndim - 1))
+    return w, _fold_bias(conv_bias, s, t)
 
 
 def fold_conv_transpose(
@@ -160,8 +160,8 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """Cast float64 values to dtype once; refuse if any value is not finite there (overflow)."""
     with np.errstate(over="ignore"):  # detected below, and reported as a refusal
         out = values.astype(dtype)
-    back = out.astype(np.float64)
-    bad = ~np.isfinite(back)
+    native = np.dtype(dtype) in (np.float16, np.float32, np.float64)
+    bad = ~np.isfinite(out if native else out.astype(np.float64))
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(-1))[0])
         raise FoldError(
