@@ -80,3 +80,75 @@ def test_paused_gc_restores_the_collector():
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+def _big_conv_model(doc: bool = False) -> onnx.ModelProto:
+    """Conv (a 2.4 MB weight, over the spill threshold) -> BN, and a small Conv -> BN."""
+    from onnx import helper
+
+    rng = np.random.default_rng(1)
+    c = 256
+    inits = [numpy_helper.from_array(rng.normal(size=(c, c, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(4, c, 1, 1)).astype(np.float32), "W2")]
+    for p, n in (("bn", c), ("bn2", 4)):
+        for k, v in (("s", rng.uniform(0.5, 1.5, n)), ("b", rng.normal(size=n)),
+                     ("m", rng.normal(size=n)), ("v", rng.uniform(0.5, 2, n))):
+            inits.append(numpy_helper.from_array(v.astype(np.float32), f"{p}_{k}"))
+    if doc:
+        inits[0].doc_string = "kept after raw_data"
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_m", "bn_v"], ["y"]),
+             helper.make_node("Conv", ["y", "W2"], ["c2"]),
+             helper.make_node("BatchNormalization", ["c2", "bn2_s", "bn2_b", "bn2_m", "bn2_v"],
+                              ["z"])]
+    g = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", 1, [1, c, 4, 4])],
+                          [helper.make_tensor_value_info("z", 1, [1, 4, 4, 4])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("layout", [None, True])
+def test_spilled_and_streamed_output_is_what_serializing_gives(tmp_path, layout):
+    """A big folded weight goes through the spill file and is streamed into the output (inline
+    or external): the same bytes as folding in memory and serializing (the API path)."""
+    from onnxfold import fuse
+    from onnxfold.modelio import model_bytes, save_model, stage_external
+
+    model = _big_conv_model()
+    src = tmp_path / "m.onnx"
+    save_model(model, src)
+    out = tmp_path / "f.onnx"
+    outcome = fuse_file(src, out, check=False, external_data=layout)
+    assert outcome.exit_code == 0 and outcome.report["folded"] == 2
+    folded = fuse(model).model
+    if layout:
+        (tmp_path / "want").mkdir()
+        want = tmp_path / "want" / "f.onnx"
+        stage_external(folded, want).commit()
+        data = "f.onnx.data"
+        assert out.with_name(data).read_bytes() == want.with_name(data).read_bytes()
+        assert out.read_bytes() == want.read_bytes()
+    else:
+        assert out.read_bytes() == model_bytes(folded)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_streamed_inline_keeps_fields_after_raw_data(tmp_path):
+    """write_streamed puts a streamed tensor's fields above raw_data (doc_string) after it, as
+    protobuf orders them: the bytes of reading it in and serializing."""
+    from onnxfold.modelio import (
+        external_ref,
+        inline_external,
+        model_bytes,
+        stage_external,
+        write_streamed,
+    )
+
+    model = _big_conv_model(doc=True)
+    ext = tmp_path / "e.onnx"
+    stage_external(model, ext).commit()
+    m = onnx.load(str(ext), load_external_data=False)
+    assert m.graph.initializer[0].doc_string == "kept after raw_data"
+    tmp = write_streamed(m, tmp_path / "s.onnx", lambda t: (
+        external_ref(t, tmp_path, ext) if t.data_location == TensorProto.EXTERNAL else None))
+    inline_external(m, tmp_path, ext)
+    assert tmp.read_bytes() == model_bytes(m)
