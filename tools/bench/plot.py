@@ -12,6 +12,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ("floor", "onnxfold", "onnxoptimizer", "onnxsim", "onnxslim", "onnxscript", "ort-basic")
+COLORS = {"floor": "black", "onnxfold": "tab:red", "onnxoptimizer": "tab:blue",
+          "onnxsim": "tab:orange", "onnxslim": "tab:green", "onnxscript": "tab:purple",
+          "ort-basic": "tab:brown"}
 
 
 def plot(results: Path, out: Path) -> None:
@@ -23,7 +26,7 @@ def plot(results: Path, out: Path) -> None:
     res = json.loads(results.read_text())
     fig, ax = plt.subplots(figsize=(7, 5))
     chains = sorted((v["nodes"], k) for k, v in res["models"].items() if k.startswith("chain-"))
-    for tool in TOOLS:
+    for i, tool in enumerate(TOOLS):
         xs, ys, capped = [], [], []
         for n, k in chains:
             s = res["models"][k]["tools"].get(tool)
@@ -36,18 +39,17 @@ def plot(results: Path, out: Path) -> None:
                 ys.append(s["time"])
         if not xs and not capped:
             continue
-        style = {"floor": dict(color="black", linestyle="--"),
-                 "onnxfold": dict(color="tab:red", linewidth=2.5)}.get(tool, {})
-        (line,) = ax.plot(xs, ys, marker="o", label=tool, **style)
-        if capped:  # drawn at the cap, hollow: the real time is higher
-            ax.plot(capped, [res["cap"]] * len(capped), marker="^", linestyle="none",
-                    markerfacecolor="none", color=line.get_color())
+        style = {"floor": dict(linestyle="--"), "onnxfold": dict(linewidth=2.5)}.get(tool, {})
+        ax.plot(xs, ys, marker="o", label=tool, color=COLORS[tool], **style)
+        if capped:  # drawn at the cap, hollow, a little apart per tool: the real time is higher
+            ax.plot(capped, [res["cap"] * 1.08 ** i] * len(capped), marker="^",
+                    linestyle="none", markerfacecolor="none", color=COLORS[tool])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("nodes in the model (chains of Conv+BN+Relu)")
     ax.set_ylabel("wall time of the whole process, s (median)")
     ax.set_title(f"Folding BatchNormalization: load, fold, save (cap {res['cap']:.0f} s, "
-                 "hollow = capped)", fontsize=10)
+                 "hollow ▲ = capped)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

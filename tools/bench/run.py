@@ -182,7 +182,9 @@ def targets(res: dict) -> list[tuple[str, bool | None, str]]:
                         f"time {s['time_ratio']:.2f}x, RSS {s['rss_ratio']:.2f}x"))
     for k in ("resnet50-w1-ext", "resnet50-w3.5-ext"):
         s, sc = t(k, "onnxfold"), t(k, "onnxscript")
-        if s:
+        # The target is for a 1.2 GB model: on 100 MB a process's ~50 MB of Python, numpy and
+        # onnx alone is half the model.
+        if s and m[k]["bytes"] >= 1 << 30:
             size_mb = m[k]["bytes"] / 2**20
             rss = s["rss_mb"] / size_mb
             ok = rss < 0.5
@@ -233,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--peers-python", default=os.environ.get(
         "ONNXFOLD_PEERS_PYTHON", "/work/venv-peers/bin/python"))
     a.add_argument("--results", type=Path, default=RESULTS)
+    a.add_argument("--from-json", type=Path, help="only rewrite results.md from this JSON")
     args = a.parse_args(argv)
+    if args.from_json:
+        text = markdown(json.loads(args.from_json.read_text()))
+        (args.results / "results.md").write_text(text)
+        print(text)
+        return 0
     models = args.models.split(",") if args.models else list(QUICK if args.quick else FULL)
     tools = args.tools.split(",") if args.tools else list(TOOLS)
     if "floor" not in tools:
