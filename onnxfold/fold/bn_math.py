@@ -161,6 +161,10 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     with np.errstate(over="ignore"):  # detected below, and reported as a refusal
         out = values.astype(dtype)
     native = np.dtype(dtype) in (np.float16, np.float32, np.float64)
+    flat = out.reshape(-1)
+    step = 1 << 20  # checked in slices: no mask the size of a big weight
+    if native and all(np.isfinite(flat[k:k + step]).all() for k in range(0, flat.size, step)):
+        return out
     bad = ~np.isfinite(out if native else out.astype(np.float64))
     if bad.any():
         i = int(np.flatnonzero(bad.reshape(-1))[0])

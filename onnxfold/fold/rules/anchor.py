@@ -32,8 +32,12 @@ def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
         else:
             s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
         w64, b64 = fold(s, t)
-        dtype = v["W"].dtype
-        return bn_math.cast_checked(w64, dtype, "weight"), bn_math.cast_checked(b64, dtype, "bias")
+        # The unfolded weight is not needed past here: let it go before the cast (for a big
+        # weight, it and the float64 and the cast copies were the run's peak memory).
+        dtype = v.pop("W").dtype
+        w = bn_math.cast_checked(w64, dtype, "weight")
+        del w64
+        return w, bn_math.cast_checked(b64, dtype, "bias")
     except bn_math.FoldError as e:
         raise Refused(e.code, f"{m.who}: {e}") from None
 
