@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, numpy_helper
 
-from onnxfold.modelio import tensor_array
+from onnxfold.modelio import Spill, set_tensor, tensor_array
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 # Elementwise float ops a constant may be computed with (evaluated in the tensor's own dtype).
@@ -59,7 +59,8 @@ def walk_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     while stack:
         g = stack.pop()
         yield g
-        stack.extend(reversed([sg for n in g.node for _, sg in subgraphs(n)]))
+        stack.extend(reversed([sg for n in g.node if may_have_subgraphs(n)
+                               for _, sg in subgraphs(n)]))
 
 
 # The default-domain ops with graph attributes; any other default-domain node has no subgraph,
@@ -136,10 +137,12 @@ class GraphIndex:
         body: onnx.GraphProto | onnx.FunctionProto | None = None,
         outer: GraphIndex | None = None,
         root: GraphIndex | None = None,
+        spill: Spill | None = None,
     ) -> None:
         """Index the main graph, or `body`: a subgraph (names of the enclosing graphs, `outer`,
         are visible in it) or a model-local function. Indexes of one model share the main
-        graph's (`root`'s) name set and ranks."""
+        graph's (`root`'s) name set and ranks. `spill`: where new values of external tensors
+        go (see modelio.Spill); None keeps them in memory."""
         self.model = model
         self.base_dir = base_dir  # where external data lives (the model file's folder)
         self.graph = model.graph if body is None else body
@@ -158,6 +161,7 @@ class GraphIndex:
         share = outer or root
         self._names = share.names if share is not None else None
         self._ranks = share._ranks if share is not None else None
+        self.spill = share.spill if share is not None else spill
         self._computed: dict[str, np.ndarray] = {}  # values of computed constants
         self._removed_nodes: set[int] = set()
         self._new_constants: list[int] = []  # Constant nodes added to a function body
@@ -277,7 +281,10 @@ class GraphIndex:
         if self._from_outer(name):
             return self.outer.value(name)
         if name in self.initializers:
-            return tensor_array(self.initializers[name], self.base_dir)
+            t = self.initializers[name]
+            if self.spill is not None and self.spill.ref(t) is not None:
+                return self.spill.read(t)
+            return tensor_array(t, self.base_dir)
         n = self.nodes[self.producer[name]]
         if n.op_type in CONST_OPS:
             if name not in self._computed:
@@ -336,27 +343,32 @@ class GraphIndex:
     # --- edits ---------------------------------------------------------------------------
     def set_value(self, name: str, array: np.ndarray) -> None:
         """Replace a constant's value in place (only when nothing else reads it)."""
-        tensor = numpy_helper.from_array(array, name)
         if name in self.initializers:
-            self.initializers[name].CopyFrom(tensor)
+            t = self.initializers[name]
+            if self.spill is not None and self.is_main and self.spill.takes(t, array):
+                self.spill.put(t, array, name)
+            else:
+                set_tensor(t, array, name)
             return
         n = self.nodes[self.producer[name]]
         del n.attribute[:]
+        tensor = numpy_helper.from_array(array, name)
         n.attribute.append(onnx.helper.make_attribute("value", tensor))
 
     def add_initializer(self, base: str, array: np.ndarray) -> str:
         """A new constant tensor in this body (a Constant node in a function, which has no
         initializers)."""
         name = self.fresh_name(base)
-        tensor = numpy_helper.from_array(array, name)
         if self.is_function:
+            tensor = numpy_helper.from_array(array, name)
             node = onnx.helper.make_node("Constant", [], [name], value=tensor)
             self.nodes.append(node)
             self.producer[name] = len(self.nodes) - 1
             self._new_constants.append(len(self.nodes) - 1)
             return name
-        self.graph.initializer.append(tensor)
-        self.initializers[name] = self.graph.initializer[-1]
+        tensor = self.graph.initializer.add()
+        set_tensor(tensor, array, name)
+        self.initializers[name] = tensor
         if self.is_main and self.model.ir_version < 4:  # before IR 4 initializers are inputs
             self.graph.input.append(
                 onnx.helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
@@ -425,15 +437,18 @@ class GraphIndex:
         kept. With reindex (the default) the index stays valid for further queries and edits;
         without it the index is done (it saves a pass over a big graph)."""
         g = self.graph
-        if self._removed_nodes or self._new_constants:
-            new = [self.nodes[i] for i in self._new_constants]  # first: they feed later nodes
+        if self._new_constants:  # a function body: its new Constant nodes go first
+            new = [self.nodes[i] for i in self._new_constants]
             rest = [
                 n for i, n in enumerate(self.nodes)
                 if i not in self._removed_nodes and i not in self._new_constants
             ]
             del g.node[:]
             g.node.extend(new + rest)
-            self._removed_nodes, self._new_constants = set(), []
+        elif self._removed_nodes:
+            gone = {id(self.nodes[i]) for i in self._removed_nodes}
+            _filter(g.node, lambda n: id(n) not in gone)
+        self._removed_nodes, self._new_constants = set(), []
         if self._dropped and not self.is_function:
             dropped = self._dropped
             _filter(g.initializer, lambda t: t.name not in dropped)
@@ -443,18 +458,17 @@ class GraphIndex:
         renamed = self._renamed
         value_info = getattr(g, "value_info", None)
         if value_info is not None and (dropped_or_renamed := (self._dropped | set(renamed))):
-            have = {v.name for v in value_info} | self.outputs
-            kept_vi = []
-            for v in value_info:
+            vis = list(value_info)  # alive while their ids are compared below
+            have = {v.name for v in vis} | self.outputs
+            kept_vi = set()
+            for v in vis:
                 if v.name in renamed and renamed[v.name] not in have:
                     v.name = renamed[v.name]  # the same tensor, now under its new name
                     have.add(v.name)
-                    kept_vi.append(v)
+                    kept_vi.add(id(v))
                 elif v.name not in dropped_or_renamed:
-                    kept_vi.append(v)
-            if len(kept_vi) != len(value_info) or renamed:
-                del value_info[:]
-                value_info.extend(kept_vi)
+                    kept_vi.add(id(v))
+            _filter(value_info, lambda v: id(v) in kept_vi)
         self._dropped = set()
         self._renamed = {}
         # Repeated-field edits copy messages: index the live ones.
@@ -475,7 +489,12 @@ class GraphIndex:
 
 
 def _filter(repeated, keep) -> None:
-    kept = [x for x in repeated if keep(x)]
-    if len(kept) != len(repeated):
-        del repeated[:]
-        repeated.extend(kept)
+    """Remove the elements keep() rejects from a repeated message field, keeping the order of
+    the rest. In place: a stable sort moves the kept ones to the front (protobuf moves pointers)
+    and the tail is cut; rebuilding the field deep-copied every kept node and initializer, which
+    doubled a big model's memory."""
+    items = list(repeated)  # the wrappers, alive (so their ids stay theirs) until the sort is done
+    out = {id(x) for x in items if not keep(x)}
+    if out:
+        repeated.sort(key=lambda x: id(x) in out)
+        del repeated[len(items) - len(out):]

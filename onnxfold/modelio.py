@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, numpy_helper
@@ -40,7 +43,28 @@ _SUB_BYTE_BITS = {
     if hasattr(TensorProto, name)
 }
 _EXTERNAL_KEYS = ("location", "offset", "length")
+# dtypes whose raw_data numpy reads and writes directly (little-endian hosts): faster than
+# numpy_helper, which handles every dtype and byte order; anything else goes through it.
+_DIRECT = {TensorProto.FLOAT: "<f4", TensorProto.FLOAT16: "<f2", TensorProto.DOUBLE: "<f8"}
+_DIRECT_BACK = {np.dtype("<f4"): TensorProto.FLOAT, np.dtype("<f2"): TensorProto.FLOAT16,
+                np.dtype("<f8"): TensorProto.DOUBLE}  # keys by dtype: dtype.name is slow
+_LITTLE = sys.byteorder == "little"
 _IN_FOLDER = "external data in a regular file inside the model's folder"
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off for a block (as it was after). A model's protobuf
+    wrappers and the fold's index are many long-lived objects: every full collection walked
+    them all, which made a 20,000-block model take 3x as long per block as a 5,000-block one.
+    Nothing here makes cycles that must be freed before the block ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -63,10 +87,12 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         data = p.read_bytes()
     except OSError as e:
         raise OnnxfoldError(p, _EXPECTED, f"a file that cannot be read ({e.strerror})") from None
-    model = parse_model(data, p)
-    from onnxfold import wellformed  # it imports graph, which imports this module
+    with paused_gc():
+        model = parse_model(data, p)
+        del data
+        from onnxfold import wellformed  # it imports graph, which imports this module
 
-    wellformed.check(model, p)
+        wellformed.check(model, p)
     refs = [(kind, t, external_ref(t, p.parent, p)) for kind, t in tensors(model) if _is_ext(t)]
     for kind, t, ref in refs:  # only after every location passed its checks
         if kind != "initializer":
@@ -98,6 +124,10 @@ def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.M
 def _not_utf8(msg) -> str:
     """Where a string field holds bytes that are not UTF-8, or "". Protobuf hands such a field
     over as bytes, not str: an op_type b'\xffatchNormalization' broke lookups far away."""
+    if isinstance(msg, TensorProto):  # ListFields would copy every tensor's raw_data
+        return _tensor_not_utf8(msg)
+    if isinstance(msg, onnx.NodeProto):  # the many: their string fields read directly
+        return _node_not_utf8(msg)
     for field, value in msg.ListFields():
         if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
             continue
@@ -113,6 +143,35 @@ def _not_utf8(msg) -> str:
     return ""
 
 
+def _node_not_utf8(n: onnx.NodeProto) -> str:
+    values = (n.op_type, n.name, n.domain, n.overload, n.doc_string, *n.input, *n.output)
+    if any(type(v) is bytes for v in values):  # rare: then say which field
+        for what in ("op_type", "name", "domain", "overload", "doc_string", "input", "output"):
+            v = getattr(n, what)
+            bad = next((x for x in (v if what in ("input", "output") else [v])
+                        if type(x) is bytes), None)
+            if bad is not None:
+                return f"NodeProto.{what} {bad[:40]!r}"
+    for items in (n.attribute, n.metadata_props, n.device_configurations):
+        if items:
+            found = next((f for f in map(_not_utf8, items) if f), "")
+            if found:
+                return found
+    return ""
+
+
+def _tensor_not_utf8(t: TensorProto) -> str:
+    if type(t.name) is bytes or type(t.doc_string) is bytes:
+        what = "name" if type(t.name) is bytes else "doc_string"
+        return f"TensorProto.{what} {getattr(t, what)[:40]!r}"
+    if t.external_data or t.metadata_props:
+        for entries in (t.external_data, t.metadata_props):
+            found = next((f for f in map(_not_utf8, entries) if f), "")
+            if found:
+                return found
+    return ""
+
+
 def _repeated(field) -> bool:
     if hasattr(field, "is_repeated"):  # protobuf >= 6 (7 has no .label)
         return field.is_repeated
@@ -120,18 +179,43 @@ def _repeated(field) -> bool:
 
 
 def tensor_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None):
-    """A tensor's value as numpy; external data is read from base_dir (the model's folder)."""
+    """A tensor's value as numpy; external data is read from base_dir (the model's folder).
+    The array may be read-only (a view of the tensor's bytes)."""
     if not _is_ext(tensor):
-        return numpy_helper.to_array(tensor)
+        return _to_array(tensor)
     if base_dir is None:
         raise OnnxfoldError(
             "<model>", "the model's folder to read external data from",
             f"tensor '{tensor.name}' stored as external data and no folder given",
         )
+    ref = external_ref(tensor, base_dir, base_dir)
+    dtype = _DIRECT.get(tensor.data_type) if _LITTLE else None
+    if dtype is not None:  # straight from the file's bytes, no proto in between
+        return np.frombuffer(_read(ref), dtype).reshape(tuple(tensor.dims))
     inline = TensorProto()
     inline.CopyFrom(tensor)
-    _read_in(inline, external_ref(tensor, base_dir, base_dir))
-    return numpy_helper.to_array(inline)
+    _read_in(inline, ref)
+    return _to_array(inline)
+
+
+def _to_array(t: TensorProto):
+    dtype = _DIRECT.get(t.data_type) if _LITTLE else None
+    if dtype is None or not t.HasField("raw_data") or t.HasField("segment"):
+        return numpy_helper.to_array(t)
+    return np.frombuffer(t.raw_data, dtype).reshape(tuple(t.dims))
+
+
+def set_tensor(t: TensorProto, array, name: str) -> None:
+    """Make t exactly numpy_helper.from_array(array, name), in place (no new message)."""
+    kind = _DIRECT_BACK.get(array.dtype) if _LITTLE else None
+    if kind is None:
+        t.CopyFrom(numpy_helper.from_array(array, name))
+        return
+    t.Clear()
+    t.dims.extend(array.shape)
+    t.data_type = kind
+    t.name = name
+    t.raw_data = array.tobytes()  # C order, as from_array writes it
 
 
 # --- external data: where a tensor's bytes are, checked --------------------------------------
@@ -326,10 +410,10 @@ def tensor_data_size(model: onnx.ModelProto) -> int:
 
 
 def inline_external(model: onnx.ModelProto, base_dir: str | os.PathLike[str],
-                    model_file: str | os.PathLike[str]) -> None:
-    """Read every external tensor into the model (in place)."""
+                    model_file: str | os.PathLike[str], keep=None) -> None:
+    """Read every external tensor into the model (in place), but those keep(t) is true of."""
     for _, t in tensors(model):
-        if _is_ext(t):
+        if _is_ext(t) and not (keep is not None and keep(t)):
             _read_in(t, external_ref(t, base_dir, model_file))
 
 
@@ -371,7 +455,7 @@ def _temp(p: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
-def _write_temp(p: Path, data: bytes) -> Path:
+def write_temp(p: Path, data: bytes) -> Path:
     """data in a fsynced temp file beside p, with the usual file mode."""
     fd, tmp = _temp(p)
     try:
@@ -407,7 +491,7 @@ def atomic_file(path: str | os.PathLike[str], data: bytes) -> Iterator[None]:
     error (else removed): a file to put in place only if something else succeeds."""
     p = Path(path)
     with writing(p):
-        tmp = _write_temp(p, data)
+        tmp = write_temp(p, data)
     try:
         yield
         with writing(p):
@@ -469,7 +553,7 @@ class StagedSave:
 
     def _commit(self) -> None:
         _set_location(self.model, self.data_file.name)
-        self._final_temp = _write_temp(self.target, model_bytes(self.model))
+        self._final_temp = write_temp(self.target, model_bytes(self.model))
         # An old model (--force) must not outlive its data file: beside the new one it would
         # read other weights, or silently the wrong ones. Until the last rename the target is
         # absent, never a model with another run's data.
@@ -486,21 +570,79 @@ class StagedSave:
                     os.unlink(p)
 
 
+class Spill:
+    """Folded values of external tensors, written to a temp file beside the output as the fold
+    makes them: a model whose weights are in external data is never all in memory at once.
+    stage_external then streams them, like the source's tensors, into the output's data file
+    (same layout and bytes as without a spill). close() removes the file: call it in any case."""
+
+    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW) -> None:
+        with writing(target):
+            self._fd, self.path = _temp(target.with_name(f"{target.name}.spill"))
+        self.size = 0
+        self.min_bytes = min_bytes
+        self._refs: dict[int, tuple[TensorProto, ExternalRef]] = {}
+
+    def takes(self, t: TensorProto, array) -> bool:
+        """Does a new value for t go here? Tensors a data file (or the streamed write) takes,
+        of the dtypes written directly."""
+        return (array.nbytes >= self.min_bytes and self._fd >= 0 and _LITTLE
+                and array.dtype in _DIRECT_BACK)
+
+    def put(self, t: TensorProto, array, name: str) -> None:
+        """t becomes numpy_helper.from_array(array, name) with its bytes in the spill file. The
+        bytes never enter the proto: protobuf keeps whatever a message was given until the
+        whole model is freed (setting and clearing raw_data would cost their size)."""
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        offset = -(-self.size // ALIGN) * ALIGN
+        with writing(self.path):
+            view, pos = data, offset
+            while view:
+                n = os.pwrite(self._fd, view, pos)
+                view, pos = view[n:], pos + n
+        t.Clear()
+        t.dims.extend(array.shape)
+        t.data_type = _DIRECT_BACK[array.dtype]
+        t.name = name
+        t.data_location = EXTERNAL
+        for key, value in zip(_EXTERNAL_KEYS, (self.path.name, offset, len(data))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.size = offset + len(data)
+        self._refs[id(t)] = (t, ExternalRef(self.path, offset, len(data)))
+
+    def ref(self, t: TensorProto) -> ExternalRef | None:
+        got = self._refs.get(id(t))
+        return got[1] if got is not None and got[0] is t else None
+
+    def read(self, t: TensorProto):
+        """The value put() gave t."""
+        return np.frombuffer(_read(self.ref(t)), _DIRECT[t.data_type]).reshape(tuple(t.dims))
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
 def stage_external(
-    model: onnx.ModelProto, target: Path, source: Path | None = None
+    model: onnx.ModelProto, target: Path, source: Path | None = None, spill: Spill | None = None
 ) -> StagedSave:
     """Move every tensor that goes_external into a temp data file beside target, in walk order,
     each at an offset aligned to ALIGN, and write a temp model pointing at it.
 
     Edits `model` in place. External tensors still pointing into the source model's files are
     streamed from them in chunks (zero runs become holes: a sparse file); small ones are read in.
+    So are the tensors the fold put in `spill`.
     """
     with writing(data_path(target)):
-        return _stage_external(model, target, source)
+        return _stage_external(model, target, source, spill)
 
 
 def _stage_external(
-    model: onnx.ModelProto, target: Path, source: Path | None = None
+    model: onnx.ModelProto, target: Path, source: Path | None = None, spill: Spill | None = None
 ) -> StagedSave:
     """stage_external without the OSError translation."""
     fd, data_temp = _temp(data_path(target))
@@ -509,11 +651,11 @@ def _stage_external(
         for kind, t in tensors(model):
             if not goes_external(kind, t):
                 if _is_ext(t):
-                    _read_in(t, _source_ref(t, source))
+                    _read_in(t, _source_ref(t, source, spill))
                 continue
             offset = -(-size // ALIGN) * ALIGN
             if _is_ext(t):
-                ref = _source_ref(t, source)
+                ref = _source_ref(t, source, spill)
                 _copy(ref, fd, offset)
                 length = ref.length
             else:
@@ -534,7 +676,7 @@ def _stage_external(
         os.close(fd)
         fd = -1
         _usual_mode(data_temp)
-        model_temp = _write_temp(target, model_bytes(model))
+        model_temp = write_temp(target, model_bytes(model))
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -544,7 +686,11 @@ def _stage_external(
     return StagedSave(model, target, model_temp, data_temp, count, size)
 
 
-def _source_ref(t: onnx.TensorProto, source: Path | None) -> ExternalRef:
+def _source_ref(t: onnx.TensorProto, source: Path | None, spill: Spill | None = None
+                ) -> ExternalRef:
+    ref = spill.ref(t) if spill is not None else None
+    if ref is not None:
+        return ref
     if source is None:
         raise OnnxfoldError("<model>", "the source model file to read external data from",
                             f"tensor '{t.name}' stored as external data")
@@ -604,3 +750,126 @@ def _seek(fd: int, at: int, whence: str, fallback: int) -> int:
         if e.errno == errno.ENXIO and whence == "SEEK_DATA":
             return 1 << 62  # no data after `at`: the rest is a hole
         return fallback
+
+
+# --- an inline model written with its big tensors streamed from files ------------------------
+
+
+def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
+    """model_bytes(model) with every main-graph initializer that refs(t) gives an ExternalRef
+    for written inline from that file, into a temp file beside target (as write_temp): the same
+    bytes as inlining them first and serializing, without the model's weights in memory twice.
+
+    The proto is serialized as it is (those tensors as small external references) and their
+    entries are spliced: protobuf writes fields in field-number order, so an initializer's
+    inline form is its fields below raw_data (9), raw_data, then those above."""
+    inits = list(model.graph.initializer)
+    plan = [(t, refs(t)) for t in inits]
+    body = memoryview(model_bytes(model))
+    gfield = [f for f in _fields(body) if f[0] == 7]
+    if len(gfield) != 1:
+        raise ValueError("a model's bytes with one graph field")
+    _, g_start, g_pay, g_end = gfield[0]
+    graph = body[g_pay:g_end]
+    entries = [f for f in _fields(graph) if f[0] == 5]
+    if len(entries) != len(inits):
+        raise ValueError("one initializer entry per initializer")
+    pieces: list = []  # bytes-like, or (ExternalRef) streamed
+    at = 0
+    for (_, start, _, end), (t, ref) in zip(entries, plan):
+        if ref is None:
+            continue
+        low, high = _inline_parts(t)
+        head = low + _tag_len(9, ref.length)
+        pieces += [graph[at:start], _tag_len(5, len(head) + ref.length + len(high)) + head, ref,
+                   high]
+        at = end
+    pieces.append(graph[at:])
+    g_len = sum(p.length if isinstance(p, ExternalRef) else len(p) for p in pieces)
+    pieces = [body[:g_start], _tag_len(7, g_len), *pieces, body[g_end:]]
+    fd, tmp = _temp(target)
+    try:
+        pos = 0
+        for p in pieces:
+            if isinstance(p, ExternalRef):
+                _copy(p, fd, pos)
+                pos += p.length
+            else:
+                view = memoryview(p)
+                while view:
+                    n = os.pwrite(fd, view, pos)
+                    view, pos = view[n:], pos + n
+        os.ftruncate(fd, pos)  # a trailing run of zeros was skipped, not written
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        _usual_mode(tmp)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _inline_parts(t: TensorProto) -> tuple[bytes, bytes]:
+    """An external tensor's inline encoding around raw_data: (fields below 9, fields above)."""
+    low, high = TensorProto(), TensorProto()
+    for f, v in t.ListFields():
+        if f.name in ("external_data", "data_location"):
+            continue
+        dst = low if f.number < 9 else high
+        if _repeated(f):
+            getattr(dst, f.name).extend(v)
+        elif f.type == f.TYPE_MESSAGE:
+            getattr(dst, f.name).CopyFrom(v)
+        else:
+            setattr(dst, f.name, v)
+    return model_bytes(low), model_bytes(high)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | 0x80 if n else b)
+        if not n:
+            return bytes(out)
+
+
+def _tag_len(number: int, length: int) -> bytes:
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _read_varint(buf, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return n, i
+
+
+def _fields(buf) -> list[tuple[int, int, int, int]]:
+    """The top-level fields of a serialized message: (number, start, payload start, end)."""
+    out, i = [], 0
+    while i < len(buf):
+        start = i
+        key, i = _read_varint(buf, i)
+        kind = key & 7
+        if kind == 0:
+            _, i = _read_varint(buf, i)
+            pay = i
+        elif kind == 2:
+            n, pay = _read_varint(buf, i)
+            i = pay + n
+        elif kind in (1, 5):
+            pay = i
+            i += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+        out.append((key >> 3, start, pay, i))
+    return out

@@ -17,23 +17,28 @@ import onnx
 from onnx import AttributeProto, TensorProto
 
 from onnxfold.errors import OnnxfoldError
-from onnxfold.graph import DEFAULT_DOMAINS, describe, subgraphs
-from onnxfold.modelio import EXTERNAL, _nbytes, tensors
+from onnxfold.graph import DEFAULT_DOMAINS, describe, may_have_subgraphs, subgraphs
+from onnxfold.modelio import EXTERNAL, _nbytes, paused_gc, tensors
 
 _PER_ELEMENT = {TensorProto.COMPLEX64: 2, TensorProto.COMPLEX128: 2}  # typed values
 _PACKED = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
            if hasattr(TensorProto, n)}
 _DTYPES = set(TensorProto.DataType.values())
 _ATTR_TYPES = set(AttributeProto.AttributeType.values())
+_VALID: set[tuple] = set()  # node signatures that passed _check_node
+_RAW_ITEMSIZE = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.DOUBLE: 8,
+                 TensorProto.BFLOAT16: 2, TensorProto.INT64: 8, TensorProto.INT32: 4,
+                 TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.BOOL: 1}
 
 
 def check(model: onnx.ModelProto, file: str | os.PathLike[str]) -> None:
     """Raise OnnxfoldError(file, ...) on the first thing that makes the model unsafe to use."""
-    _check_versions(model, file)
-    for _, t in tensors(model):
-        check_tensor(t, file)
-    functions = _check_functions(model, file)
-    _check_graph(model.graph, [], _imports(model.opset_import), functions, file)
+    with paused_gc():
+        _check_versions(model, file)
+        for _, t in tensors(model):
+            check_tensor(t, file)
+        functions = _check_functions(model, file)
+        _check_graph(model.graph, [], _imports(model.opset_import), functions, file)
 
 
 def _imports(opsets) -> dict[str, int]:
@@ -59,6 +64,12 @@ def check_tensor(t: TensorProto, file) -> None:
     numbers, so dims that multiply to 2^40 are refused without allocating anything."""
     if t.data_location == EXTERNAL:
         return  # modelio.external_ref checks it, against its file
+    raw = _RAW_ITEMSIZE.get(t.data_type)
+    if raw is not None and t.HasField("raw_data") and not t.HasField("segment"):
+        # The common case, without building a message: raw bytes of a whole-byte dtype.
+        dims = t.dims
+        if all(d >= 0 for d in dims) and len(t.raw_data) == math.prod(dims) * raw:
+            return
     name = TensorProto.DataType.Name(t.data_type) if t.data_type in _DTYPES else None
     if name is None or t.data_type == TensorProto.UNDEFINED:
         raise OnnxfoldError(file, "a tensor of a known dtype",
@@ -198,12 +209,14 @@ def _check_nodes(nodes: list[onnx.NodeProto], scopes: list[set[str]], outputs: s
     for i, n in enumerate(nodes):
         _check_node(n, imports, functions, file, where)
         for name in n.input:
-            if name and not any(name in names for names in scopes):
+            if name and name not in local and not any(name in names for names in scopes):
                 raise _unordered(nodes, writer, i, name, file, where)
-        for attr, sg in subgraphs(n):
+        # Other nodes' attributes were checked against their schema above: none is a graph.
+        for attr, sg in subgraphs(n) if may_have_subgraphs(n) else ():
             _check_graph(sg, scopes, imports, functions, file,
                          f"{describe(n)} {attr}" + (f" ({where})" if where else ""))
-        local.update(o for o in n.output if o)
+        local.update(n.output)
+    local.discard("")
     for name in sorted(o for o in outputs if not any(o in names for names in scopes)):
         raise OnnxfoldError(file, "every graph output defined in the graph",
                             f"output '{name}', which nothing defines{_in(where)}")
@@ -259,6 +272,20 @@ def _check_node(n: onnx.NodeProto, imports: dict[str, int], functions, file, whe
         raise OnnxfoldError(file, "an opset_import for the domain of every node",
                             f"{describe(n)} in domain '{n.domain}', which is not imported"
                             f"{_in(where)}")
+    # Everything checked below depends only on this signature: a model's thousands of alike
+    # nodes are checked against the schema once.
+    sig = (n.domain, n.op_type, n.overload, imports[domain], len(n.input), len(n.output),
+           tuple((a.name, a.type) for a in n.attribute), _key(n) in functions)
+    if sig in _VALID:
+        return
+    _check_node_schema(n, domain, imports, functions, file, where)
+    if len(_VALID) > 100_000:
+        _VALID.clear()
+    _VALID.add(sig)
+
+
+def _check_node_schema(n: onnx.NodeProto, domain: str, imports: dict[str, int], functions, file,
+                       where: str) -> None:
     seen: set[str] = set()
     for a in n.attribute:
         if a.name in seen:

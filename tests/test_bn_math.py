@@ -166,3 +166,22 @@ def test_bn_folded_into_next_gemm(k, n, trans_b, c_kind, seed):
     w2, c2 = bn_math.fold_into_next_gemm(w, c, s, t, trans_b, alpha, beta)
     got = alpha * a @ (w2.T if trans_b else w2) + c2
     np.testing.assert_allclose(got, direct, rtol=1e-10, atol=1e-10 * np.abs(direct).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_sliced_conv_fold_is_the_whole_fold(dtype, monkeypatch):
+    """fold_conv_cast (big weights, a slice of channels at a time) gives fold_conv's values
+    cast once: the same bits, slices of any size."""
+    monkeypatch.setattr(bn_math, "_SLICE", 40)  # slices of 2 output channels here
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(7, 4, 3, 3)).astype(dtype)
+    s = rng.uniform(0.5, 2.0, 7)
+    want = bn_math.cast_checked(bn_math.fold_conv(w, None, s, np.zeros(7))[0], dtype, "weight")
+    got = bn_math.fold_conv_cast(w, s, dtype)
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_sliced_conv_fold_refuses_overflow():
+    w = np.full((3, 2, 1, 1), 6e4, np.float16)
+    with pytest.raises(bn_math.FoldError, match="overflows float16: 2 value"):
+        bn_math.fold_conv_cast(w, np.array([1.0, 2.0, 1.0]), np.float16)

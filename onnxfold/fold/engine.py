@@ -22,7 +22,7 @@ from onnxfold.graph import (
     subgraphs,
     walk_graphs,
 )
-from onnxfold.modelio import has_external_data
+from onnxfold.modelio import Spill, has_external_data, paused_gc
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,30 @@ def fuse(
     wellformed.check(model, "<model>")  # e.g. a cycle of Identity nodes would never end below
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    return fuse_in_place(out, rules, keep, base_dir)
+
+
+def fuse_in_place(
+    out: onnx.ModelProto,
+    rules: list[Rule] | None = None,
+    keep: set[str] | frozenset[str] = frozenset(),
+    base_dir: str | None = None,
+    spill: Spill | None = None,
+) -> FuseResult:
+    """fuse() on a model that modelio.load_model returned (so already checked well-formed),
+    editing it in place: no copy of a model that may be 2 GB. New values of external tensors
+    go to `spill` if given."""
+    with paused_gc():
+        return _fuse(out, rules, keep, base_dir, spill)
+
+
+def _fuse(
+    out: onnx.ModelProto,
+    rules: list[Rule] | None,
+    keep: set[str] | frozenset[str],
+    base_dir: str | None,
+    spill: Spill | None = None,
+) -> FuseResult:
     result = FuseResult(out)
     selected = rules if rules is not None else all_rules()
     ctx = _Context(
@@ -103,7 +127,7 @@ def fuse(
         keep=keep,
         result=result,
     )
-    g = GraphIndex(out, base_dir)
+    g = GraphIndex(out, base_dir, spill=spill)
     bodies = [*walk_graphs(out.graph), *out.functions]
     if any(n.op_type in RANK_OPS for b in bodies for n in b.node):
         g.infer_ranks()  # before any edit: shape inference needs the model intact
@@ -158,7 +182,7 @@ def _fuse_body(g: GraphIndex, ctx: _Context, where: str) -> None:
     nested = any(True for n in g.nodes if may_have_subgraphs(n) for _ in subgraphs(n))
     g.commit(reindex=nested)
     released: set[str] = set()
-    for parent in g.nodes:
+    for parent in (n for n in g.nodes if may_have_subgraphs(n)):
         for attr, sg in subgraphs(parent):
             inner = GraphIndex(g.model, g.base_dir, sg, outer=g)
             here = f"{describe(parent)} {attr}"

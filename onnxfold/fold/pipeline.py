@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +12,18 @@ import onnx
 
 from onnxfold.errors import OnnxfoldError
 from onnxfold.fold import report
-from onnxfold.fold.engine import fuse, op_counts, select_rules
+from onnxfold.fold.engine import fuse_in_place, op_counts, select_rules
 from onnxfold.fold.rules import all_rules
 from onnxfold.graph import subgraphs, walk_graphs
 from onnxfold.modelio import (
+    INLINE_BELOW,
     PROTOBUF_LIMIT,
+    ExternalRef,
+    Spill,
     StagedSave,
     atomic_file,
     data_path,
+    external_ref,
     goes_external,
     has_external_data,
     inline_external,
@@ -27,13 +31,19 @@ from onnxfold.modelio import (
     input_files,
     load_model,
     model_bytes,
+    paused_gc,
     stage_external,
     tensor_data_size,
     tensors,
-    write_atomic,
+    write_streamed,
+    write_temp,
+    writing,
 )
 from onnxfold.parity import check_parity
 from onnxfold.parity.inputs import real_inputs
+
+# Folded weights of an inline model from this size on are kept on disk until written.
+SPILL_ABOVE = 1 << 20
 
 
 @dataclass
@@ -117,7 +127,8 @@ def fuse_file(
         timings[name] = timings.get(name, 0.0) + now - start
         return now
 
-    original = load_model(source)  # external data stays on disk, its locations checked
+    with paused_gc():
+        original = load_model(source)  # external data stays on disk, its locations checked
     external_in = has_external_data(original)
     external_out = external_in if external_data is None else external_data
     data_file = data_path(target) if external_out and not dry_run else None
@@ -127,27 +138,46 @@ def fuse_file(
     t = lap("load", t0)
     _check_shape_names(original, shapes or {})
     _check_keep_names(original, keep or [])
-    result = fuse(original, rules, frozenset(keep or []), base_dir=str(source.parent))
-    t = lap("fold", t)
-    # onnxruntime and the checker read external data relative to the model file: the reference
-    # side of an external-data input is the input file itself.
-    reference = source if external_in else original
+    ops_before = op_counts(original)
+    # Folded in place: the loaded proto is ours, and a copy of a 2 GB model costs 2 GB. The
+    # original is the input file from here on (the checker and onnxruntime read it by path).
+    # Big folded weights go to disk as they are made, not into the proto, which keeps the old
+    # ones until it is freed: a model is never in memory twice (see modelio.Spill).
+    spill = None
+    if not dry_run:
+        spill = Spill(target, INLINE_BELOW if external_in and external_out else SPILL_ABOVE)
     staged: StagedSave | None = None
+    inline_temp: Path | None = None
     try:
+        result = fuse_in_place(original, rules, frozenset(keep or []),
+                               base_dir=str(source.parent), spill=spill)
+        del original
+        ops_after = op_counts(result.model)
+        t = lap("fold", t)
         error, parity, candidate = "", None, None
         if not dry_run:
+            # The candidate is written to a temp file beside the target, checked and run from
+            # there and renamed into place: serialized once, and the proto is released before
+            # the checker reads the file (it would serialize a proto it is given: 3 copies).
             if external_out and any(goes_external(k, x) for k, x in tensors(result.model)):
-                staged = stage_external(result.model, target, source)
+                staged = stage_external(result.model, target, source, spill)
                 candidate = staged.model_temp
             else:
                 _check_fits_inline(result.model, target)
-                inline_external(result.model, source.parent, source)
-                candidate = result.model
-            t = lap("save" if staged else "load", t)
-            error = _validate(candidate, reference)
+                streamed = _streamed(result.model, source, spill)
+                inline_external(result.model, source.parent, source, keep=streamed)
+                with writing(target):
+                    if any(streamed(x) for x in result.model.graph.initializer):
+                        inline_temp = write_streamed(result.model, target, streamed)
+                    else:
+                        inline_temp = write_temp(target, model_bytes(result.model))
+                candidate = inline_temp
+            result.model = onnx.ModelProto()  # released: it is in the candidate file now
+            t = lap("save", t)
+            error = _validate(candidate, source)
             t = lap("checker", t)
         if check and not error and not dry_run:
-            parity = check_parity(reference, candidate, shapes=shapes, seed=seed)
+            parity = check_parity(source, candidate, shapes=shapes, seed=seed)
             t = lap("check", t)
             if parity.status == "fail":
                 error = "parity check failed: the folded model disagrees with the original"
@@ -161,23 +191,46 @@ def fuse_file(
                     "file": staged.data_file.name, "tensors": staged.tensors,
                     "bytes": staged.size}}
         rep = report.build(
-            result, op_counts(original), op_counts(result.model), parity, str(source),
+            result, ops_before, ops_after, parity, str(source),
             str(target) if written else None, dry_run, layout,
         )
         # The report goes in place only if the model did: one failed write, nothing written.
-        report_bytes = report.to_json(rep).encode()
-        with atomic_file(report_path, report_bytes) if report_path else nullcontext():
+        with atomic_file(report_path, report.to_json(rep).encode()) if report_path else (
+            nullcontext()
+        ):
             if written:
                 if staged is not None:
                     staged.commit()
                 else:
-                    write_atomic(target, model_bytes(result.model))
+                    with writing(target):
+                        os.replace(inline_temp, target)
                 t = lap("save", t)
     finally:
+        if spill is not None:
+            spill.close()
         if staged is not None:
             staged.discard()
+        if inline_temp is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(inline_temp)
     timings["total"] = time.perf_counter() - t0
     return FuseOutcome(0 if ok else 1, rep, timings, error)
+
+
+def _streamed(model: onnx.ModelProto, source: Path, spill: Spill | None):
+    """Which external tensors an inline output streams from their files (see
+    modelio.write_streamed): the main graph's initializers, from the spill or the source."""
+    # By identity, the tensors held here (a freed wrapper's id may be another's later).
+    main = {id(t): t for t in model.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    def ref(t: onnx.TensorProto) -> ExternalRef | None:
+        if main.get(id(t)) is not t:
+            return None
+        got = spill.ref(t) if spill is not None else None
+        return got or external_ref(t, source.parent, source)
+
+    return ref
 
 
 def _check_not_inputs(source: Path, model: onnx.ModelProto, outputs: list[Path | None]) -> None:

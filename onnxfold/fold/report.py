@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import fields
 
 from onnxfold.fold.engine import FuseResult
 from onnxfold.parity import ParityReport
@@ -39,10 +39,15 @@ def build(
         "by_op": _by_op(result),
         "ops_before": ops_before,
         "ops_after": ops_after,
-        "folds": [asdict(f) for f in result.folded],
-        "refusals": [asdict(r) for r in result.refused],
+        "folds": [_flat(f) for f in result.folded],
+        "refusals": [_flat(r) for r in result.refused],
         "check": None if parity is None else parity_dict(parity),
     }
+
+
+def _flat(item) -> dict:
+    """asdict for a dataclass of plain fields, without its deep copy (20,000 folds took 1 s)."""
+    return {f.name: getattr(item, f.name) for f in fields(item)}
 
 
 def _by_op(result: FuseResult) -> dict[str, dict[str, int]]:

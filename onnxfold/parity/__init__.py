@@ -2,6 +2,9 @@
 
 Both sides run with graph optimizations disabled by default: ORT folds Conv+BatchNormalization
 itself from its basic level on, which would make comparing a fold against it vacuous.
+
+onnxruntime is imported when a check runs, not with this package: `onnxfold --help` and
+`onnxfold fuse --no-check` never pay for it (tests/test_imports.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto
 
 from onnxfold.graph import default_opset, walk_graphs
@@ -29,7 +31,7 @@ from onnxfold.parity import signature
 from onnxfold.parity.bisect import BisectResult, bisect
 from onnxfold.parity.compare import OutputDiff, compare
 from onnxfold.parity.inputs import CannotRun, make_feeds
-from onnxfold.parity.run import first_line, run, session
+from onnxfold.parity.run import first_line, ort_version, run, session
 from onnxfold.parity.upcast import upcast_to_float32
 from onnxfold.parity.upgrade import ORT_MIN_OPSET, CannotUpgrade, upgrade_for_ort
 
@@ -77,7 +79,7 @@ class ParityReport:
     inputs: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outputs: list[OutputDiff] = field(default_factory=list)
-    onnxruntime: str = ort.__version__
+    onnxruntime: str = field(default_factory=lambda: ort_version())
     atol: float = 0.0
     trials: int = 1
     levels: dict[str, str] = field(default_factory=dict)

@@ -22,9 +22,10 @@ def check_anchor(g: GraphIndex, m: Match, channels: int, rank: int | None) -> No
         check_scale(g, m, channels, rank)
 
 
-def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
+def folded_values(m: Match, fold, weight_cast=None) -> tuple[np.ndarray, np.ndarray]:
     """fold(s, t) -> (weight, bias) in float64 for the anchor's y = x*s + t, each cast once to
-    the dtype of m.values["W"]; a Refused (not-finite, overflow) when they cannot be represented."""
+    the dtype of m.values["W"]; a Refused (not-finite, overflow) when they cannot be represented.
+    With weight_cast, fold gives (None, bias) and weight_cast(s) the cast weight."""
     v = m.values
     try:
         if "s" in v:
@@ -32,8 +33,16 @@ def folded_values(m: Match, fold) -> tuple[np.ndarray, np.ndarray]:
         else:
             s, t = bn_math.bn_scale_shift(v["scale"], v["B"], v["mean"], v["var"], v["epsilon"])
         w64, b64 = fold(s, t)
-        dtype = v["W"].dtype
-        return bn_math.cast_checked(w64, dtype, "weight"), bn_math.cast_checked(b64, dtype, "bias")
+        if weight_cast is not None:
+            w = weight_cast(s)
+            dtype = v.pop("W").dtype
+        else:
+            # The unfolded weight is not needed past here: let it go before the cast (for a
+            # big weight, it and the float64 and the cast copies were the run's peak memory).
+            dtype = v.pop("W").dtype
+            w = bn_math.cast_checked(w64, dtype, "weight")
+            del w64
+        return w, bn_math.cast_checked(b64, dtype, "bias")
     except bn_math.FoldError as e:
         raise Refused(e.code, f"{m.who}: {e}") from None
 

@@ -22,6 +22,7 @@ class ConvBatchNorm:
     name = "Conv+BatchNormalization"
     summary = "Conv -> BN: weight scaled per output channel, the BN shift becomes the bias"
     producers = ("Conv",)
+    sliced = True  # big weights folded by bn_math.fold_conv_cast (fold_weight's math, sliced)
 
     def pattern(self, g: GraphIndex, m: Match) -> bool:
         return True
@@ -60,7 +61,13 @@ class ConvBatchNorm:
 
     def rewrite(self, g: GraphIndex, m: Match) -> str:
         conv, v = g.nodes[m.producer], m.values
-        w, b = folded_values(m, lambda s, t: self.fold_weight(v["W"], v.get("b"), s, t, conv))
+        if self.sliced and v["W"].nbytes >= bn_math.SLICED_FROM:
+            w, b = folded_values(
+                m, lambda s, t: (None, bn_math.fold_conv_bias(v.get("b"), s, t)),
+                weight_cast=lambda s: bn_math.fold_conv_cast(v["W"], s, v["W"].dtype),
+            )
+        else:
+            w, b = folded_values(m, lambda s, t: self.fold_weight(v["W"], v.get("b"), s, t, conv))
         label = describe(conv)
         absorb_anchor(g, m, w, b)
         return label

@@ -14,6 +14,7 @@ class ConvTransposeBatchNorm(ConvBatchNorm):
     name = "ConvTranspose+BatchNormalization"
     summary = "ConvTranspose -> BN: weight slices scaled per output channel and group"
     producers = ("ConvTranspose",)
+    sliced = False
 
     def out_channels(self, w: np.ndarray, node: onnx.NodeProto) -> int | None:
         group = attrs(node).get("group", 1)
