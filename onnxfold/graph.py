@@ -455,20 +455,9 @@ class GraphIndex:
             if self.is_main and self.model.ir_version < 4:
                 _filter(g.input, lambda v: v.name not in dropped)
                 self.inputs -= dropped
-        renamed = self._renamed
         value_info = getattr(g, "value_info", None)
-        if value_info is not None and (dropped_or_renamed := (self._dropped | set(renamed))):
-            vis = list(value_info)  # alive while their ids are compared below
-            have = {v.name for v in vis} | self.outputs
-            kept_vi = set()
-            for v in vis:
-                if v.name in renamed and renamed[v.name] not in have:
-                    v.name = renamed[v.name]  # the same tensor, now under its new name
-                    have.add(v.name)
-                    kept_vi.add(id(v))
-                elif v.name not in dropped_or_renamed:
-                    kept_vi.add(id(v))
-            _filter(value_info, lambda v: id(v) in kept_vi)
+        if value_info is not None:
+            prune_value_info(value_info, self._dropped, self._renamed, self.outputs)
         self._dropped = set()
         self._renamed = {}
         # Repeated-field edits copy messages: index the live ones.
@@ -488,13 +477,40 @@ class GraphIndex:
                     self.producer[name] = i
 
 
+def prune_value_info(value_info, dropped: set[str], renamed: dict[str, str],
+                     outputs: set[str]) -> None:
+    """value_info after a fold: entries of dropped names go; a renamed tensor's entry takes its
+    new name, unless that name has one already (or is a graph output: its type is there)."""
+    dropped_or_renamed = dropped | set(renamed)
+    if not dropped_or_renamed:
+        return
+    vis = list(value_info)  # alive while their ids are compared below
+    have = {v.name for v in vis} | outputs
+    kept_vi = set()
+    for v in vis:
+        if v.name in renamed and renamed[v.name] not in have:
+            v.name = renamed[v.name]  # the same tensor, now under its new name
+            have.add(v.name)
+            kept_vi.add(id(v))
+        elif v.name not in dropped_or_renamed:
+            kept_vi.add(id(v))
+    _filter(value_info, lambda v: id(v) in kept_vi)
+
+
 def _filter(repeated, keep) -> None:
     """Remove the elements keep() rejects from a repeated message field, keeping the order of
-    the rest. In place: a stable sort moves the kept ones to the front (protobuf moves pointers)
-    and the tail is cut; rebuilding the field deep-copied every kept node and initializer, which
-    doubled a big model's memory."""
-    items = list(repeated)  # the wrappers, alive (so their ids stay theirs) until the sort is done
-    out = {id(x) for x in items if not keep(x)}
-    if out:
-        repeated.sort(key=lambda x: id(x) in out)
-        del repeated[len(items) - len(out):]
+    the rest (see remove)."""
+    items = list(repeated)  # the wrappers, alive (so their ids stay theirs) until it is done
+    remove(repeated, {id(x) for x in items if not keep(x)})
+
+
+def remove(repeated, gone: set[int]) -> None:
+    """Remove the elements whose id() is in `gone` from a repeated message field, keeping the
+    order of the rest. In place: a stable sort moves the kept ones to the front (protobuf moves
+    pointers) and the tail is cut; rebuilding the field deep-copied every kept node and
+    initializer, which doubled a big model's memory. The caller keeps the removed elements'
+    wrappers alive (so their ids stay theirs) until this returns."""
+    if gone:
+        n = len(repeated)
+        repeated.sort(key=lambda x: id(x) in gone)
+        del repeated[n - len(gone):]

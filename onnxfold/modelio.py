@@ -143,6 +143,10 @@ def _not_utf8(msg) -> str:
     return ""
 
 
+_PLAIN_ATTRS = frozenset({AttributeProto.FLOAT, AttributeProto.INT, AttributeProto.STRING,
+                          AttributeProto.FLOATS, AttributeProto.INTS, AttributeProto.STRINGS})
+
+
 def _node_not_utf8(n: onnx.NodeProto) -> str:
     values = (n.op_type, n.name, n.domain, n.overload, n.doc_string, *n.input, *n.output)
     if any(type(v) is bytes for v in values):  # rare: then say which field
@@ -152,7 +156,18 @@ def _node_not_utf8(n: onnx.NodeProto) -> str:
                         if type(x) is bytes), None)
             if bad is not None:
                 return f"NodeProto.{what} {bad[:40]!r}"
-    for items in (n.attribute, n.metadata_props, n.device_configurations):
+    for a in n.attribute:
+        # The common attribute (a number, numbers or bytes) has three string fields; only
+        # the others, with messages inside, take the generic walk.
+        if a.type in _PLAIN_ATTRS:
+            if (type(a.name) is bytes or type(a.ref_attr_name) is bytes
+                    or type(a.doc_string) is bytes):
+                return _not_utf8(a)
+        else:
+            found = _not_utf8(a)
+            if found:
+                return found
+    for items in (n.metadata_props, n.device_configurations):
         if items:
             found = next((f for f in map(_not_utf8, items) if f), "")
             if found:
@@ -251,8 +266,16 @@ def _graph_tensors(g: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]
     yield from _node_tensors(g.node)
 
 
+# The default-domain ops with tensor or graph attributes (tests/test_perf_paths.py checks this
+# against onnx.defs). Any other default-domain node with one is refused by wellformed.check
+# (its schema has no such attribute), so walks need not read the attributes of the many.
+TENSOR_ATTR_OPS = frozenset({"Constant", "ConstantOfShape", "If", "Loop", "Scan", "SequenceMap"})
+
+
 def _node_tensors(nodes) -> Iterator[tuple[str, onnx.TensorProto]]:
     for n in nodes:
+        if n.op_type not in TENSOR_ATTR_OPS and n.domain in ("", "ai.onnx"):
+            continue
         for a in n.attribute:
             if a.type == AttributeProto.TENSOR:
                 yield "attribute", a.t

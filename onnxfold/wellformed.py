@@ -206,15 +206,17 @@ def _check_nodes(nodes: list[onnx.NodeProto], scopes: list[set[str]], outputs: s
                     f"'{name}' written by {describe(n)} and by {first}{_in(where)}",
                 )
             writer[name] = i
+    outer = scopes[:-1]
     for i, n in enumerate(nodes):
         _check_node(n, imports, functions, file, where)
         for name in n.input:
-            if name and name not in local and not any(name in names for names in scopes):
+            if name not in local and name and not any(name in names for names in outer):
                 raise _unordered(nodes, writer, i, name, file, where)
         # Other nodes' attributes were checked against their schema above: none is a graph.
-        for attr, sg in subgraphs(n) if may_have_subgraphs(n) else ():
-            _check_graph(sg, scopes, imports, functions, file,
-                         f"{describe(n)} {attr}" + (f" ({where})" if where else ""))
+        if may_have_subgraphs(n):
+            for attr, sg in subgraphs(n):
+                _check_graph(sg, scopes, imports, functions, file,
+                             f"{describe(n)} {attr}" + (f" ({where})" if where else ""))
         local.update(n.output)
     local.discard("")
     for name in sorted(o for o in outputs if not any(o in names for names in scopes)):

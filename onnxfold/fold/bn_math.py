@@ -213,3 +213,38 @@ def cast_checked(values: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
             f"{int(bad.sum())} value(s), e.g. {float(values.reshape(-1)[i]):.6g}"
         )
     return out
+
+
+def fold_conv_batch(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray | None],
+    params: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    epsilons: list[float],
+    dtype: np.dtype,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Many Conv → BN folds at once, each exactly bn_scale_shift + fold_conv + cast_checked
+    (the same float64 operations element by element, so the same bits): the folded weights
+    and biases, each flat and concatenated in the given order; None when any value is not
+    finite, for the one-at-a-time path to refuse with its reason.
+
+    weights[k] is flat, of params[k][0].size output channels; params[k] is (scale, B, mean,
+    var), each of that many channels."""
+    channels = np.fromiter((p[0].size for p in params), np.int64, len(params))
+    per_channel = np.fromiter((w.size for w in weights), np.int64, len(weights)) // channels
+    scale, shift, mean, var = (
+        np.concatenate([p[i] for p in params]).astype(np.float64) for i in range(4)
+    )
+    eps = np.repeat(np.array(epsilons, dtype=np.float64), channels)
+    with np.errstate(all="ignore"):
+        s = scale / np.sqrt(var + eps)
+        t = shift - mean * s
+        b = np.concatenate([np.zeros(c) if x is None else x.astype(np.float64)
+                            for x, c in zip(biases, channels.tolist())])
+        b = b * s + t
+        w = np.concatenate(weights).astype(np.float64)
+        w *= np.repeat(s, np.repeat(per_channel, channels))
+        w_out, b_out = w.astype(dtype), b.astype(dtype)
+    if not (np.isfinite(s).all() and np.isfinite(t).all() and np.isfinite(w_out).all()
+            and np.isfinite(b_out).all()):
+        return None
+    return w_out, b_out

@@ -12,7 +12,7 @@ import onnx
 
 from onnxfold import wellformed
 from onnxfold.errors import OnnxfoldError
-from onnxfold.fold import passthrough
+from onnxfold.fold import batched, passthrough
 from onnxfold.fold.rules import Match, Refused, Rule, all_rules, scale
 from onnxfold.graph import (
     DEFAULT_DOMAINS,
@@ -76,11 +76,13 @@ def fuse(
     rules: list[Rule] | None = None,
     keep: set[str] | frozenset[str] = frozenset(),
     base_dir: str | None = None,
+    batch: bool = True,
 ) -> FuseResult:
     """Fold every foldable BatchNormalization and scale layer; the argument is not modified.
 
     `keep`: names of nodes to leave alone (a normalization, or the layer it would fold into).
     `base_dir`: the folder external-data locations are relative to (the model file's folder).
+    `batch=False`: never the batched path (fold/batched.py), which gives the same result.
     """
     if base_dir is None and has_external_data(model):
         raise OnnxfoldError(
@@ -90,7 +92,7 @@ def fuse(
     wellformed.check(model, "<model>")  # e.g. a cycle of Identity nodes would never end below
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    return fuse_in_place(out, rules, keep, base_dir)
+    return fuse_in_place(out, rules, keep, base_dir, batch=batch)
 
 
 def fuse_in_place(
@@ -99,12 +101,13 @@ def fuse_in_place(
     keep: set[str] | frozenset[str] = frozenset(),
     base_dir: str | None = None,
     spill: Spill | None = None,
+    batch: bool = True,
 ) -> FuseResult:
     """fuse() on a model that modelio.load_model returned (so already checked well-formed),
     editing it in place: no copy of a model that may be 2 GB. New values of external tensors
     go to `spill` if given."""
     with paused_gc():
-        return _fuse(out, rules, keep, base_dir, spill)
+        return _fuse(out, rules, keep, base_dir, spill, batch)
 
 
 def _fuse(
@@ -113,17 +116,29 @@ def _fuse(
     keep: set[str] | frozenset[str],
     base_dir: str | None,
     spill: Spill | None = None,
+    batch: bool = True,
 ) -> FuseResult:
     result = FuseResult(out)
     selected = rules if rules is not None else all_rules()
+    scale_rule = any(r.name == "ScaleLayer" for r in selected)
+    prepared = None
+    if batch:
+        try:
+            with np.errstate(all="ignore"):  # a non-finite value sends the model to the rules
+                prepared = batched.prepare(out, {r.name for r in selected}, keep, scale_rule)
+        except Exception:  # it changed nothing: the rules fold the model instead
+            log.exception("the batched fold failed; folding one normalization at a time")
+    if prepared is not None:
+        result.folded = [Fold(*f) for f in batched.apply(out, prepared)]
+        if result.folded:
+            _stamp(out, result.folded)
+        return result
     ctx = _Context(
         by_producer=_by_producer(selected),
         # Rules that fold a BN forward into the layer reading it, by that layer's op type.
         forward={op: r for r in selected for op in getattr(r, "consumers", ())},
         # Scale layers fold with the producer's own rule, whichever BN rules were selected.
-        scale_rules=(
-            _by_producer(all_rules()) if any(r.name == "ScaleLayer" for r in selected) else {}
-        ),
+        scale_rules=_by_producer(all_rules()) if scale_rule else {},
         keep=keep,
         result=result,
     )
