@@ -17,7 +17,7 @@ import onnx
 from onnx import AttributeProto, TensorProto
 
 from onnxfold.errors import OnnxfoldError
-from onnxfold.graph import DEFAULT_DOMAINS, describe, may_have_subgraphs, subgraphs
+from onnxfold.graph import DEFAULT_DOMAINS, SUBGRAPH_OPS, describe, subgraphs
 from onnxfold.modelio import EXTERNAL, _nbytes, paused_gc, tensors
 
 _PER_ELEMENT = {TensorProto.COMPLEX64: 2, TensorProto.COMPLEX128: 2}  # typed values
@@ -194,8 +194,9 @@ def _check_nodes(nodes: list[onnx.NodeProto], scopes: list[set[str]], outputs: s
     a copy per subgraph made 10,000 If nodes over 40,000 names take 30 s."""
     local = scopes[-1]
     writer: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for name in n.output:
+    outs = [n.output[:] for n in nodes]  # read once: each read makes new str objects
+    for i, names in enumerate(outs):
+        for name in names:
             if not name:
                 continue
             if name in local or name in writer:
@@ -203,21 +204,20 @@ def _check_nodes(nodes: list[onnx.NodeProto], scopes: list[set[str]], outputs: s
                          else "an input or initializer")
                 raise OnnxfoldError(
                     file, "each tensor name written once (SSA form)",
-                    f"'{name}' written by {describe(n)} and by {first}{_in(where)}",
+                    f"'{name}' written by {describe(nodes[i])} and by {first}{_in(where)}",
                 )
             writer[name] = i
     outer = scopes[:-1]
-    for i, n in enumerate(nodes):
-        _check_node(n, imports, functions, file, where)
+    for i, (n, names) in enumerate(zip(nodes, outs)):
+        nested = _check_node(n, imports, functions, file, where)
         for name in n.input:
             if name not in local and name and not any(name in names for names in outer):
                 raise _unordered(nodes, writer, i, name, file, where)
-        # Other nodes' attributes were checked against their schema above: none is a graph.
-        if may_have_subgraphs(n):
+        if nested:  # other nodes' attributes were checked against their schema: no graphs
             for attr, sg in subgraphs(n):
                 _check_graph(sg, scopes, imports, functions, file,
                              f"{describe(n)} {attr}" + (f" ({where})" if where else ""))
-        local.update(n.output)
+        local.update(names)
     local.discard("")
     for name in sorted(o for o in outputs if not any(o in names for names in scopes)):
         raise OnnxfoldError(file, "every graph output defined in the graph",
@@ -266,24 +266,27 @@ def _cycle(deps: list[list[int]]) -> list[int]:
     return []
 
 
-def _check_node(n: onnx.NodeProto, imports: dict[str, int], functions, file, where: str) -> None:
+def _check_node(n: onnx.NodeProto, imports: dict[str, int], functions, file, where: str) -> bool:
     """Its domain imported, each attribute once, and for a known operator the input and output
-    counts its schema allows."""
-    domain = "" if n.domain == "ai.onnx" else n.domain
+    counts its schema allows. True if the node may have subgraphs (they are not checked here:
+    the caller checks them, with their scopes)."""
+    nd, op = n.domain, n.op_type
+    domain = "" if nd == "ai.onnx" else nd
     if domain not in imports:
         raise OnnxfoldError(file, "an opset_import for the domain of every node",
-                            f"{describe(n)} in domain '{n.domain}', which is not imported"
+                            f"{describe(n)} in domain '{nd}', which is not imported"
                             f"{_in(where)}")
     # Everything checked below depends only on this signature: a model's thousands of alike
     # nodes are checked against the schema once.
-    sig = (n.domain, n.op_type, n.overload, imports[domain], len(n.input), len(n.output),
-           tuple((a.name, a.type) for a in n.attribute), _key(n) in functions)
-    if sig in _VALID:
-        return
-    _check_node_schema(n, domain, imports, functions, file, where)
-    if len(_VALID) > 100_000:
-        _VALID.clear()
-    _VALID.add(sig)
+    key = (nd, op, n.overload)
+    sig = (key, imports[domain], len(n.input), len(n.output),
+           tuple([(a.name, a.type) for a in n.attribute]), bool(functions) and key in functions)
+    if sig not in _VALID:
+        _check_node_schema(n, domain, imports, functions, file, where)
+        if len(_VALID) > 100_000:
+            _VALID.clear()
+        _VALID.add(sig)
+    return op in SUBGRAPH_OPS or domain not in DEFAULT_DOMAINS
 
 
 def _check_node_schema(n: onnx.NodeProto, domain: str, imports: dict[str, int], functions, file,

@@ -11,9 +11,11 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from onnxfold import modelio
+from onnxfold.errors import OnnxfoldError
 from onnxfold.fold.pipeline import fuse_file
 from onnxfold.graph import _filter
-from onnxfold.modelio import _to_array, paused_gc, set_tensor
+from onnxfold.modelio import _to_array, load_model, paused_gc, set_tensor
 from tools.bench.models import chain
 
 # sha256 of chain(5000) folded by onnxfold before the speed work (commit 548fdaa), --no-check.
@@ -152,3 +154,31 @@ def test_streamed_inline_keeps_fields_after_raw_data(tmp_path):
         external_ref(t, tmp_path, ext) if t.data_location == TensorProto.EXTERNAL else None))
     inline_external(m, tmp_path, ext)
     assert tmp.read_bytes() == model_bytes(m)
+
+
+@pytest.mark.parametrize("where", ["node-name", "attribute-name", "initializer-doc"])
+def test_utf8_of_a_big_model_is_checked_by_a_second_parse(tmp_path, monkeypatch, where):
+    """Models of 5000+ nodes and initializers skip the Python walk unless the proto3 parse finds
+    a bad string; then the walk names it, as for a small model."""
+    m = chain(2000)  # 6000 nodes, 10000 initializers
+    good = tmp_path / "good.onnx"
+    good.write_bytes(m.SerializeToString())
+    walked = []
+    monkeypatch.setattr(modelio, "_not_utf8", lambda model: walked.append(1) or "")
+    load_model(good)
+    assert walked == []
+    monkeypatch.undo()
+    if where == "node-name":
+        m.graph.node[4321].name = "QQQQ"
+        found = "NodeProto.name b'\\xff\\xfeQQ'"
+    elif where == "attribute-name":
+        m.graph.node[4320].attribute[0].name = "QQQQ"
+        found = "AttributeProto.name b'\\xff\\xfeQQ'"
+    else:
+        m.graph.initializer[9999].doc_string = "QQQQ"
+        found = "TensorProto.doc_string b'\\xff\\xfeQQ'"
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(m.SerializeToString().replace(b"QQQQ", b"\xff\xfeQQ"))
+    with pytest.raises(OnnxfoldError) as e:
+        load_model(bad)
+    assert str(e.value) == f"{bad}: expected names and strings in UTF-8, found {found}"

@@ -286,6 +286,8 @@ def _check_shape_names(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> 
 
 def _check_keep_names(model: onnx.ModelProto, keep: list[str]) -> None:
     """--keep must name nodes of the model: a typo must not silently fold a node."""
+    if not keep:
+        return
     graphs = [*walk_graphs(model.graph), *(sg for f in model.functions for n in f.node
                                            for _, g in subgraphs(n) for sg in walk_graphs(g))]
     names = {n.name for g in graphs for n in g.node}
