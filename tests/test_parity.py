@@ -144,3 +144,27 @@ def test_precision_picks_least_precise():
     m = conv_bn_model(dtype=np.float16)
     rep = check_parity(m, onnxfold.fuse(m).model)
     assert rep.status == "pass" and rep.rel_tol == 2e-2
+
+
+def test_a_check_from_files_holds_no_model_proto_while_its_sessions_run(tmp_path, monkeypatch):
+    """onnxruntime reads the files; the protos read for the signatures are let go first."""
+    import sys
+
+    import onnxfold.parity as parity
+
+    m = conv_bn_model(cin=32, cout=64)  # 74 KB of weights
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    a.write_bytes(model_bytes(m))
+    b.write_bytes(model_bytes(onnxfold.fuse(m).model))
+    held = []
+    real = parity.session
+
+    def spy(model, level="disable"):
+        caller = sys._getframe(1).f_locals
+        held.append(max(caller[k].ByteSize() for k in ("reference", "candidate")))
+        return real(model, level)
+
+    monkeypatch.setattr(parity, "session", spy)
+    rep = check_parity(str(a), str(b))
+    assert rep.status == "pass"
+    assert len(held) == 2 and max(held) < 1000, held

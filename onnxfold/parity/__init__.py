@@ -120,9 +120,11 @@ def check_parity(
     if options is None:
         o = CheckOptions(shapes=shapes or {}, seed=seed, rel_tol=rel_tol)
     reference, ref_path = _graph_and_file(reference)
-    candidate, cand_path = _graph_and_file(candidate)
-    pairing = signature.pair(reference, candidate, *paths, o.mapping, o.positional)
     prec = precision(reference)
+    reference = _signature_of(reference, ref_path)
+    candidate, cand_path = _graph_and_file(candidate)
+    candidate = _signature_of(candidate, cand_path)
+    pairing = signature.pair(reference, candidate, *paths, o.mapping, o.positional)
     rep = ParityReport("not-run", precision=prec, seed=o.seed, atol=o.atol, trials=o.trials,
                        levels={"reference": o.ref_level, "candidate": o.level})
     rep.rel_tol = REL_TOL[prec] if o.rel_tol is None else o.rel_tol
@@ -160,8 +162,10 @@ def check_parity(
         ref_sess = session(ref_path or model_bytes(reference), o.ref_level)
     except Exception as e:  # ORT raises several types; any means "cannot load"
         try:
-            reference = upcast_to_float32(_inline(reference, ref_path, "a float32 copy"))
-            candidate = upcast_to_float32(_inline(candidate, cand_path, "a float32 copy"))
+            reference = upcast_to_float32(_inline(_proto(reference, ref_path), ref_path,
+                                                  "a float32 copy"))
+            candidate = upcast_to_float32(_inline(_proto(candidate, cand_path), cand_path,
+                                                  "a float32 copy"))
             ref_sess = session(model_bytes(reference), o.ref_level)
             ref_path = cand_path = None
             trials = [{k: _as_float32(v) for k, v in f.items()} for f in trials]
@@ -233,8 +237,8 @@ def _feeds(model: onnx.ModelProto, o: CheckOptions) -> tuple[list[dict], list[st
 
 def _bisect(rep: ParityReport, o: CheckOptions, ref, cand, feeds, cand_feeds) -> None:
     try:
-        a = _inline(*ref, "bisect")
-        b = _inline(*cand, "bisect")
+        a = _inline(_proto(*ref), ref[1], "bisect")
+        b = _inline(_proto(*cand), cand[1], "bisect")
     except CannotRun as e:
         rep.bisect_note = f"bisect not run: {e}"
         return
@@ -256,6 +260,33 @@ def _graph_and_file(
     if isinstance(model, onnx.ModelProto):
         return model, None
     return load_model(model), os.fspath(model)
+
+
+_SIGNATURE = "onnxfold: signature only"  # the doc_string of _signature_of's protos
+
+
+def _signature_of(model: onnx.ModelProto, path: str | None) -> onnx.ModelProto:
+    """For a model onnxruntime will read from its file: a proto of its opsets, inputs and
+    outputs only, so a check of a 2 GB model does not hold two 2 GB protos while it runs
+    sessions (_proto reads the whole model again where one is needed). Models below opset 7
+    are converted before they run: kept whole."""
+    if path is None or default_opset(model) < ORT_MIN_OPSET:
+        return model
+    out = onnx.ModelProto(ir_version=model.ir_version, doc_string=_SIGNATURE)
+    out.opset_import.extend(model.opset_import)
+    g = model.graph
+    out.graph.input.extend(g.input)
+    out.graph.output.extend(g.output)
+    inputs = {i.name for i in g.input}
+    for t in g.initializer:  # an initializer that is also an input is not a real input
+        if t.name in inputs:
+            out.graph.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+    return out
+
+
+def _proto(model: onnx.ModelProto, path: str | None) -> onnx.ModelProto:
+    """The whole model, read again from its file if `model` is its signature only."""
+    return load_model(path) if model.doc_string == _SIGNATURE and path else model
 
 
 def _inline(model: onnx.ModelProto, path: str | None, why: str) -> onnx.ModelProto:
