@@ -168,15 +168,20 @@ def test_bn_folded_into_next_gemm(k, n, trans_b, c_kind, seed):
     np.testing.assert_allclose(got, direct, rtol=1e-10, atol=1e-10 * np.abs(direct).max())
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_sliced_conv_fold_is_the_whole_fold(dtype, monkeypatch):
-    """fold_conv_cast (big weights, a slice of channels at a time) gives fold_conv's values
-    cast once: the same bits, slices of any size."""
-    monkeypatch.setattr(bn_math, "_SLICE", 40)  # slices of 2 output channels here
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, "bfloat16"])
+@pytest.mark.parametrize("shape", [(7, 4, 3, 3), (5, 3, 2), (3, 2, 2, 2, 2)])
+def test_sliced_conv_fold_is_the_whole_fold(dtype, shape, monkeypatch):
+    """fold_conv_cast (big weights, one pass with no float64 copy) gives fold_conv's values
+    cast once: the same bits, checked for finiteness in slices of any size."""
+    import ml_dtypes
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    monkeypatch.setattr(bn_math, "_SLICE", 40)
     rng = np.random.default_rng(3)
-    w = rng.normal(size=(7, 4, 3, 3)).astype(dtype)
-    s = rng.uniform(0.5, 2.0, 7)
-    want = bn_math.cast_checked(bn_math.fold_conv(w, None, s, np.zeros(7))[0], dtype, "weight")
+    w = rng.normal(size=shape).astype(dtype)
+    s = rng.uniform(0.5, 2.0, shape[0])
+    want = bn_math.cast_checked(bn_math.fold_conv(w, None, s, np.zeros(shape[0]))[0], dtype,
+                                "weight")
     got = bn_math.fold_conv_cast(w, s, dtype)
     assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
 

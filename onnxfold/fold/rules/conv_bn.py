@@ -22,7 +22,7 @@ class ConvBatchNorm:
     name = "Conv+BatchNormalization"
     summary = "Conv -> BN: weight scaled per output channel, the BN shift becomes the bias"
     producers = ("Conv",)
-    sliced = True  # big weights folded by bn_math.fold_conv_cast (fold_weight's math, sliced)
+    sliced = True  # big weights folded by bn_math.fold_conv_cast (fold_weight's math, in one pass)
 
     def pattern(self, g: GraphIndex, m: Match) -> bool:
         return True
