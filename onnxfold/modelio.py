@@ -75,6 +75,12 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     to their files, every one checked first (see external_ref). External tensors in node
     attributes or sparse tensors are read in.
     """
+    return read_model(path)[0]
+
+
+def read_model(path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, list[ExternalRef]]:
+    """load_model, and where the initializers it left in external data are (a walk over a
+    big model's tensors saved)."""
     p = Path(path)
     if not p.exists():
         raise OnnxfoldError(p, _EXPECTED, "no such file")
@@ -98,7 +104,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     for kind, t, ref in refs:  # only after every location passed its checks
         if kind != "initializer":
             _read_in(t, ref)
-    return model
+    return model, [ref for kind, _, ref in refs if kind == "initializer"]
 
 
 def parse_model(data: bytes, path: str | os.PathLike[str] = "<bytes>") -> onnx.ModelProto:
@@ -490,15 +496,6 @@ def inline_external(model: onnx.ModelProto, base_dir: str | os.PathLike[str],
     for _, t in tensors(model):
         if _is_ext(t) and not (keep is not None and keep(t)):
             _read_in(t, external_ref(t, base_dir, model_file))
-
-
-def input_files(model: onnx.ModelProto, source: Path) -> set[Path]:
-    """The model file and every external data file it reads, resolved."""
-    files = {source.resolve()}
-    for _, t in tensors(model):
-        if _is_ext(t):
-            files.add(external_ref(t, source.parent, source).file)
-    return files
 
 
 # --- writing --------------------------------------------------------------------------------

@@ -25,13 +25,11 @@ from onnxfold.modelio import (
     data_path,
     external_ref,
     goes_external,
-    has_external_data,
     inline_external,
     inline_size,
-    input_files,
-    load_model,
     model_bytes,
     paused_gc,
+    read_model,
     stage_external,
     tensor_data_size,
     tensors,
@@ -128,11 +126,11 @@ def fuse_file(
         return now
 
     with paused_gc():
-        original = load_model(source)  # external data stays on disk, its locations checked
-    external_in = has_external_data(original)
+        original, refs = read_model(source)  # external data stays on disk, locations checked
+    external_in = bool(refs)
     external_out = external_in if external_data is None else external_data
     data_file = data_path(target) if external_out and not dry_run else None
-    _check_not_inputs(source, original, [target, data_file, report_path])
+    _check_not_inputs({r.file for r in refs}, [target, data_file, report_path])
     if data_file is not None:
         check_output_path(source, data_file, force, target, *filter(None, [report_path]))
     t = lap("load", t0)
@@ -233,9 +231,8 @@ def _streamed(model: onnx.ModelProto, source: Path, spill: Spill | None):
     return ref
 
 
-def _check_not_inputs(source: Path, model: onnx.ModelProto, outputs: list[Path | None]) -> None:
+def _check_not_inputs(data_files: set[Path], outputs: list[Path | None]) -> None:
     """No output may be one of the input's external data files, --force or not."""
-    data_files = input_files(model, source) - {source.resolve()}
     for out in outputs:
         if out is not None and out.resolve() in data_files:
             raise OnnxfoldError(
