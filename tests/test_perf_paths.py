@@ -182,3 +182,27 @@ def test_utf8_of_a_big_model_is_checked_by_a_second_parse(tmp_path, monkeypatch,
     with pytest.raises(OnnxfoldError) as e:
         load_model(bad)
     assert str(e.value) == f"{bad}: expected names and strings in UTF-8, found {found}"
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_folded_model_the_checker_refuses_is_not_written(tmp_path, monkeypatch, check):
+    """The checker runs on a second core (from the bytes as they are written, or beside the
+    parity check); its verdict still decides, and nothing is written."""
+    from onnxfold.fold import pipeline
+    from tests.builders import conv_bn_model
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    src.write_bytes(conv_bn_model().SerializeToString())
+    real = pipeline.fuse_in_place
+
+    def broken(model, *a, **k):
+        r = real(model, *a, **k)
+        r.model.graph.node[0].input.append("X")  # a Conv with 4 inputs
+        return r
+
+    monkeypatch.setattr(pipeline, "fuse_in_place", broken)
+    got = fuse_file(src, out, check=check)
+    assert got.exit_code == 1
+    assert got.error.startswith("the folded model fails onnx.checker (a bug in onnxfold): ")
+    assert "input size 4" in got.error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
