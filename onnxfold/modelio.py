@@ -455,15 +455,16 @@ def _temp(p: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
-def write_temp(p: Path, data: bytes) -> Path:
-    """data in a fsynced temp file beside p, with the usual file mode."""
+def write_temp(p: Path, data: bytes, sync: bool = True) -> Path:
+    """data in a temp file beside p (fsynced unless sync is False), with the usual file mode."""
     fd, tmp = _temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
             _test_pause("temp-open")
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         _usual_mode(tmp)
         _test_pause("temp-written")
     except BaseException:
@@ -580,11 +581,14 @@ class Spill:
     streams the spilled tensors, like the source's, into a new data file (same layout and bytes
     either way). close() removes the file unless stage_external took it: call it in any case."""
 
-    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW) -> None:
+    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW, to_data: bool = False
+                 ) -> None:
+        """to_data: the output has a data file, which this file may become (see above)."""
         with writing(target):
             self._fd, self.path = _temp(target.with_name(f"{target.name}.spill"))
         self.size = 0
         self.min_bytes = min_bytes
+        self.to_data = to_data
         self._refs: dict[int, tuple[TensorProto, ExternalRef]] = {}
         self._regions: list[tuple[int, int]] = []  # (offset, length) of every put, in order
 
@@ -609,6 +613,8 @@ class Spill:
             for k in range(0, len(data), _CHUNK):
                 if flat[k:k + _CHUNK].any():
                     _pwrite_all(self._fd, data[k:k + _CHUNK], offset + k)
+            if self.to_data:
+                _start_writeback(self._fd, offset, len(data))
         t.Clear()
         t.dims.extend(array.shape)
         t.data_type = _DIRECT_BACK[array.dtype]
@@ -700,6 +706,7 @@ def _stage_external(
                     for k in range(0, length, _CHUNK):
                         _write_unless_zero(fd, data[k:k + _CHUNK], offset + k)
                     t.ClearField("raw_data")
+                _start_writeback(fd, offset, length)
             del t.external_data[:]
             t.data_location = EXTERNAL
             for key, value in zip(_EXTERNAL_KEYS, (data_temp.name, offset, length)):
@@ -711,7 +718,9 @@ def _stage_external(
         os.close(fd)
         fd = -1
         _usual_mode(data_temp)
-        model_temp = write_temp(target, model_bytes(model))
+        # Only checked and run, never put in place (commit writes the model it renames): no
+        # fsync, which on some file systems also waits for other files' writes.
+        model_temp = write_temp(target, model_bytes(model), sync=False)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -779,6 +788,35 @@ def _copy(ref: ExternalRef, dst: int, pos: int) -> None:
         os.close(src)
 
 
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now, not all at the fsync before the
+    rename: the disk works while the fold computes the next weights (1.2 GB: 0.6 s less at the
+    end). Linux's sync_file_range(SYNC_FILE_RANGE_WRITE), which does not wait; elsewhere nothing.
+    The fsync still makes the file durable."""
+    global _SYNC_FILE_RANGE
+    if _SYNC_FILE_RANGE is None:
+        _SYNC_FILE_RANGE = _sync_file_range()
+    if _SYNC_FILE_RANGE and length:
+        _SYNC_FILE_RANGE(fd, offset, length, 2)  # an error only means no head start
+
+
+def _sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return False
+    f.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    f.restype = ctypes.c_int
+    return f
+
+
+_SYNC_FILE_RANGE = None  # the libc function, False where there is none; looked up once
+
+
 def _seek(fd: int, at: int, whence: str, fallback: int) -> int:
     """lseek with SEEK_DATA / SEEK_HOLE where the OS and file system have them."""
     how = getattr(os, whence, None)
@@ -833,6 +871,7 @@ def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
         for p in pieces:
             if isinstance(p, ExternalRef):
                 _copy(p, fd, pos)
+                _start_writeback(fd, pos, p.length)
                 pos += p.length
             else:
                 _pwrite_all(fd, p, pos)

@@ -43,7 +43,7 @@ def _reference(tmp_path: Path, arrays) -> tuple[bytes, bytes, int]:
 def _spilled(tmp_path: Path, arrays, put: list[str], drop: tuple[str, ...] = ()):
     """The model of `arrays` with those named in `put` spilled in that order, less `drop`."""
     (tmp_path / "got").mkdir()
-    spill = Spill(tmp_path / "got" / "m.onnx")
+    spill = Spill(tmp_path / "got" / "m.onnx", to_data=True)
     model = _model(arrays + [(n, np.full(3000, 7, np.float32)) for n in drop])
     by_name = {t.name: t for t in model.graph.initializer}
     values = dict(arrays)
@@ -117,10 +117,14 @@ def test_failed_stage_removes_the_taken_spill(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("external_in", [True, False])
-def test_fuse_file_external_output_same_bytes(tmp_path, monkeypatch, external_in):
+@pytest.mark.parametrize("writeback", [None, False])
+def test_fuse_file_external_output_same_bytes(tmp_path, monkeypatch, external_in, writeback):
     """Conv -> BN with weights big enough to spill (256 channels: BN parameters of 1 KB go to
     the data file too, then are dropped): the written files are those of folding in memory and
-    staging, with no temp file left."""
+    staging, with no temp file left; with early writeback (Linux) or without (elsewhere)."""
+    from onnxfold import modelio
+
+    monkeypatch.setattr(modelio, "_SYNC_FILE_RANGE", writeback)
     model = conv_bn_model(cin=128, cout=256, bias=True)
     src = tmp_path / "m.onnx"
     if external_in:
