@@ -527,15 +527,16 @@ def _temp(p: Path) -> tuple[int, Path]:
     return fd, Path(tmp)
 
 
-def write_temp(p: Path, data: bytes) -> Path:
-    """data in a fsynced temp file beside p, with the usual file mode."""
+def write_temp(p: Path, data: bytes, sync: bool = True) -> Path:
+    """data in a temp file beside p (fsynced unless sync is False), with the usual file mode."""
     fd, tmp = _temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
             _test_pause("temp-open")
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         _usual_mode(tmp)
         _test_pause("temp-written")
     except BaseException:
@@ -645,15 +646,23 @@ class StagedSave:
 class Spill:
     """Folded values of external tensors, written to a temp file beside the output as the fold
     makes them: a model whose weights are in external data is never all in memory at once.
-    stage_external then streams them, like the source's tensors, into the output's data file
-    (same layout and bytes as without a spill). close() removes the file: call it in any case."""
+    Each goes at the next ALIGN-ed offset, in the order the fold makes them: the order and the
+    offsets the output's data file gives them when the fold dropped or added nothing big before
+    them (a Conv -> BN model, its BN parameters dropped). stage_external then keeps the spill
+    file as the output's data file and writes only the other tensors around them; otherwise it
+    streams the spilled tensors, like the source's, into a new data file (same layout and bytes
+    either way). close() removes the file unless stage_external took it: call it in any case."""
 
-    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW) -> None:
+    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW, to_data: bool = False
+                 ) -> None:
+        """to_data: the output has a data file, which this file may become (see above)."""
         with writing(target):
             self._fd, self.path = _temp(target.with_name(f"{target.name}.spill"))
         self.size = 0
         self.min_bytes = min_bytes
+        self.to_data = to_data
         self._refs: dict[int, tuple[TensorProto, ExternalRef]] = {}
+        self._regions: list[tuple[int, int]] = []  # (offset, length) of every put, in order
 
     def takes(self, t: TensorProto, array) -> bool:
         """Does a new value for t go here? Tensors a data file (or the streamed write) takes,
@@ -665,13 +674,19 @@ class Spill:
         """t becomes numpy_helper.from_array(array, name) with its bytes in the spill file. The
         bytes never enter the proto: protobuf keeps whatever a message was given until the
         whole model is freed (setting and clearing raw_data would cost their size)."""
-        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        array = np.ascontiguousarray(array)
+        data = memoryview(array).cast("B")
+        flat = array.reshape(-1).view(np.uint8)
         offset = -(-self.size // ALIGN) * ALIGN
         with writing(self.path):
-            view, pos = data, offset
-            while view:
-                n = os.pwrite(self._fd, view, pos)
-                view, pos = view[n:], pos + n
+            # Chunks of zeros stay holes, as _copy leaves them: the data file, if this becomes
+            # it, is as sparse as one written by copying. The file is only ever appended to, so
+            # a hole here reads as zeros.
+            for k in range(0, len(data), _CHUNK):
+                if flat[k:k + _CHUNK].any():
+                    _pwrite_all(self._fd, data[k:k + _CHUNK], offset + k)
+            if self.to_data:
+                _start_writeback(self._fd, offset, len(data))
         t.Clear()
         t.dims.extend(array.shape)
         t.data_type = _DIRECT_BACK[array.dtype]
@@ -682,6 +697,7 @@ class Spill:
             entry.key, entry.value = key, str(value)
         self.size = offset + len(data)
         self._refs[id(t)] = (t, ExternalRef(self.path, offset, len(data)))
+        self._regions.append((offset, len(data)))
 
     def ref(self, t: TensorProto) -> ExternalRef | None:
         got = self._refs.get(id(t))
@@ -691,12 +707,24 @@ class Spill:
         """The value put() gave t."""
         return np.frombuffer(_read(self.ref(t)), _DIRECT[t.data_type]).reshape(tuple(t.dims))
 
+    def give_up(self, live: set[tuple[int, int]], size: int) -> tuple[int, Path]:
+        """The spill file (fd, path), now the caller's to close and remove, as the start of a
+        data file `size` bytes long whose tensors `live` ((offset, length)) stay where they
+        are: every other region put() wrote below `size` (a value replaced again, or dropped)
+        reads as zeros again. No put() after this."""
+        for offset, length in self._regions:
+            if (offset, length) not in live:
+                for k in range(offset, min(offset + length, size), _CHUNK):
+                    _pwrite_all(self._fd, _ZEROS[:min(_CHUNK, size - k, offset + length - k)], k)
+        fd, self._fd = self._fd, -1
+        return fd, self.path
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 def stage_external(
@@ -717,45 +745,61 @@ def _stage_external(
     model: onnx.ModelProto, target: Path, source: Path | None = None, spill: Spill | None = None
 ) -> StagedSave:
     """stage_external without the OSError translation."""
-    fd, data_temp = _temp(data_path(target))
-    try:
-        count, size = 0, 0
-        for kind, t in tensors(model):
-            if not goes_external(kind, t):
-                if _is_ext(t):
-                    _read_in(t, _source_ref(t, source, spill))
-                continue
-            offset = -(-size // ALIGN) * ALIGN
+    plan = []  # (tensor, its bytes' ExternalRef or None for raw_data, offset, length, spilled)
+    size = 0
+    for kind, t in tensors(model):
+        if not goes_external(kind, t):
             if _is_ext(t):
-                ref = _source_ref(t, source, spill)
-                _copy(ref, fd, offset)
-                length = ref.length
-            else:
-                data = t.raw_data
-                length = len(data)
-                for k in range(0, length, _CHUNK):
-                    _write_unless_zero(fd, data[k:k + _CHUNK], offset + k)
-                t.ClearField("raw_data")
+                _read_in(t, _source_ref(t, source, spill))
+            continue
+        spilled = spill is not None and spill.ref(t) is not None
+        ref = _source_ref(t, source, spill) if _is_ext(t) else None
+        length = ref.length if ref is not None else len(t.raw_data)
+        offset = -(-size // ALIGN) * ALIGN
+        plan.append((t, ref, offset, length, spilled))
+        size = offset + length
+    # The folded tensors were written once, as the fold made them: where every one of them
+    # already sits at its offset in this layout, the spill file becomes the data file and only
+    # the others are written (not 2x the folded bytes, read back and written again).
+    kept = [(offset, length) for _, ref, offset, length, spilled in plan
+            if spilled and ref.offset == offset]
+    in_place = bool(kept) and len(kept) == sum(p[4] for p in plan)
+    if in_place:
+        fd, data_temp = spill.give_up(set(kept), size)
+    else:
+        fd, data_temp = _temp(data_path(target))
+    try:
+        for t, ref, offset, length, spilled in plan:
+            if not (spilled and in_place):  # else its bytes are there already
+                if ref is not None:
+                    _copy(ref, fd, offset)
+                else:
+                    data = t.raw_data
+                    for k in range(0, length, _CHUNK):
+                        _write_unless_zero(fd, data[k:k + _CHUNK], offset + k)
+                    t.ClearField("raw_data")
+                _start_writeback(fd, offset, length)
             del t.external_data[:]
             t.data_location = EXTERNAL
             for key, value in zip(_EXTERNAL_KEYS, (data_temp.name, offset, length)):
                 entry = t.external_data.add()
                 entry.key, entry.value = key, str(value)
-            count, size = count + 1, offset + length
             _test_pause("data-partial")
-        os.ftruncate(fd, size)  # trailing zeros were skipped, not written
+        os.ftruncate(fd, size)  # trailing zeros were skipped, not written (or spilled past it)
         os.fsync(fd)
         os.close(fd)
         fd = -1
         _usual_mode(data_temp)
-        model_temp = write_temp(target, model_bytes(model))
+        # Only checked and run, never put in place (commit writes the model it renames): no
+        # fsync, which on some file systems also waits for other files' writes.
+        model_temp = write_temp(target, model_bytes(model), sync=False)
     except BaseException:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(data_temp)
         raise
-    return StagedSave(model, target, model_temp, data_temp, count, size)
+    return StagedSave(model, target, model_temp, data_temp, len(plan), size)
 
 
 def _source_ref(t: onnx.TensorProto, source: Path | None, spill: Spill | None = None
@@ -780,14 +824,19 @@ def _write_unless_zero(fd: int, chunk: bytes, pos: int) -> None:
     """Write chunk at pos, unless it is all zeros: the file then keeps a hole (reads as zeros)."""
     if chunk == (_ZEROS if len(chunk) == _CHUNK else bytes(len(chunk))):
         return
-    view = memoryview(chunk)
+    _pwrite_all(fd, chunk, pos)
+
+
+def _pwrite_all(fd: int, data, pos: int) -> None:
+    view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, pos)
         view, pos = view[n:], pos + n
 
 
 def _copy(ref: ExternalRef, dst: int, pos: int) -> None:
-    """Stream ref's bytes to dst at pos in chunks, skipping the source's holes and zero runs."""
+    """Stream ref's bytes to dst at pos in chunks, skipping the source's holes and zero runs.
+    (Not copy_file_range: it would write the zero runs, which stay holes here.)"""
     src = _open(ref)
     try:
         start, end = ref.offset, ref.offset + ref.length
@@ -809,6 +858,35 @@ def _copy(ref: ExternalRef, dst: int, pos: int) -> None:
             at = hole_at
     finally:
         os.close(src)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing these bytes to disk now, not all at the fsync before the
+    rename: the disk works while the fold computes the next weights (1.2 GB: 0.6 s less at the
+    end). Linux's sync_file_range(SYNC_FILE_RANGE_WRITE), which does not wait; elsewhere nothing.
+    The fsync still makes the file durable."""
+    global _SYNC_FILE_RANGE
+    if _SYNC_FILE_RANGE is None:
+        _SYNC_FILE_RANGE = _sync_file_range()
+    if _SYNC_FILE_RANGE and length:
+        _SYNC_FILE_RANGE(fd, offset, length, 2)  # an error only means no head start
+
+
+def _sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return False
+    f.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    f.restype = ctypes.c_int
+    return f
+
+
+_SYNC_FILE_RANGE = None  # the libc function, False where there is none; looked up once
 
 
 def _seek(fd: int, at: int, whence: str, fallback: int) -> int:
@@ -865,12 +943,11 @@ def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
         for p in pieces:
             if isinstance(p, ExternalRef):
                 _copy(p, fd, pos)
+                _start_writeback(fd, pos, p.length)
                 pos += p.length
             else:
-                view = memoryview(p)
-                while view:
-                    n = os.pwrite(fd, view, pos)
-                    view, pos = view[n:], pos + n
+                _pwrite_all(fd, p, pos)
+                pos += len(p)
         os.ftruncate(fd, pos)  # a trailing run of zeros was skipped, not written
         os.fsync(fd)
         os.close(fd)

@@ -148,7 +148,8 @@ def fuse_file(
     # ones until it is freed: a model is never in memory twice (see modelio.Spill).
     spill = None
     if not dry_run:
-        spill = Spill(target, INLINE_BELOW if external_in and external_out else SPILL_ABOVE)
+        spill = Spill(target, INLINE_BELOW if external_in and external_out else SPILL_ABOVE,
+                      to_data=external_out)
     staged: StagedSave | None = None
     inline_temp: Path | None = None
     try:
