@@ -186,8 +186,9 @@ def test_utf8_of_a_big_model_is_checked_by_a_second_parse(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("check", [True, False])
 def test_a_folded_model_the_checker_refuses_is_not_written(tmp_path, monkeypatch, check):
-    """The checker runs on a second core (from the bytes as they are written, or beside the
-    parity check); its verdict still decides, and nothing is written."""
+    """The onnx checker's verdict on the folded model decides, with or without the parity
+    check (the serialized model is not measured before it is written), and nothing is
+    written."""
     from onnxfold.fold import pipeline
     from tests.builders import conv_bn_model
 

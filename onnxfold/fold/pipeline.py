@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -44,9 +43,6 @@ from onnxfold.parity.inputs import real_inputs
 
 # Folded weights of an inline model from this size on are kept on disk until written.
 SPILL_ABOVE = 1 << 20
-# A folded model serialized in memory is checked from those bytes while they are written up to
-# this size; a bigger one is checked from its file, after (the checker parses a copy).
-CHECK_BYTES_UP_TO = 256 << 20
 
 
 @dataclass
@@ -158,7 +154,7 @@ def fuse_file(
         del original
         ops_after = op_counts(result.model)
         t = lap("fold", t)
-        error, parity, candidate, validating = "", None, None, None
+        error, parity, candidate = "", None, None
         if not dry_run:
             # The candidate is written to a temp file beside the target, checked and run from
             # there and renamed into place: serialized once, and the proto is released before
@@ -166,13 +162,9 @@ def fuse_file(
             if external_out and any(goes_external(k, x) for k, x in tensors(result.model)):
                 staged = stage_external(result.model, target, source, spill)
                 candidate = staged.model_temp
-            elif not external_in and not (spill and spill.size):
-                # All in memory: the checker (C++, it lets the GIL go) reads the bytes on a
-                # second core while they are written.
+            elif not external_in and not (spill and spill.size):  # all of it in memory
                 data = _inline_bytes(result.model, target)
                 result.model = onnx.ModelProto()
-                if len(data) <= CHECK_BYTES_UP_TO:
-                    validating = _in_background(_validate, data, source)
                 with writing(target):
                     inline_temp = write_temp(target, data)
                 del data
@@ -189,23 +181,13 @@ def fuse_file(
                 candidate = inline_temp
             result.model = onnx.ModelProto()  # released: it is in the candidate file now
             t = lap("save", t)
-            if validating is None and check:  # on the second core while the check runs
-                validating = _in_background(_validate, candidate, source)
-            if validating is None:
-                error = _validate(candidate, source)
-                t = lap("checker", t)
-        if check and not dry_run and not error:
-            try:
-                parity = check_parity(source, candidate, shapes=shapes, seed=seed)
-            except OnnxfoldError:  # a candidate the checker refuses may not load: it says why
-                if validating is None or not validating():
-                    raise
-            t = lap("check", t)
-        if validating is not None:
-            error = validating()
+            error = _validate(candidate, source)
             t = lap("checker", t)
-        if parity is not None and parity.status == "fail" and not error:
-            error = "parity check failed: the folded model disagrees with the original"
+        if check and not error and not dry_run:
+            parity = check_parity(source, candidate, shapes=shapes, seed=seed)
+            t = lap("check", t)
+            if parity.status == "fail":
+                error = "parity check failed: the folded model disagrees with the original"
         ok = not error
         written = ok and not dry_run
         layout = None
@@ -267,19 +249,6 @@ def _check_not_inputs(data_files: set[Path], outputs: list[Path | None]) -> None
             )
 
 
-def _in_background(fn, *args):
-    """fn(*args) on a thread; returns the function that waits for its result."""
-    box: list = []
-    thread = threading.Thread(target=lambda: box.append(fn(*args)), daemon=True)
-    thread.start()
-
-    def result():
-        thread.join()
-        return box[0]
-
-    return result
-
-
 def _inline_bytes(model: onnx.ModelProto, target: Path) -> bytes:
     """model_bytes, or the error _check_fits_inline gives when it is over protobuf's limit
     (asked of protobuf by serializing: its ByteSize costs as much as serializing)."""
@@ -299,7 +268,7 @@ def _check_fits_inline(model: onnx.ModelProto, target: Path) -> None:
         )
 
 
-def _validate(folded: onnx.ModelProto | bytes | Path, original: onnx.ModelProto | Path) -> str:
+def _validate(folded: onnx.ModelProto | Path, original: onnx.ModelProto | Path) -> str:
     """The folded model must pass the full onnx checker, unless the original does not either.
 
     A model with external data is checked by its file path: the checker reads data files
@@ -316,9 +285,9 @@ def _validate(folded: onnx.ModelProto | bytes | Path, original: onnx.ModelProto 
     return f"the folded model fails onnx.checker (a bug in onnxfold): {folded_error}"
 
 
-def _check(model: onnx.ModelProto | bytes | Path) -> None:
+def _check(model: onnx.ModelProto | Path) -> None:
     onnx.checker.check_model(
-        model if isinstance(model, onnx.ModelProto | bytes) else str(model), full_check=True
+        model if isinstance(model, onnx.ModelProto) else str(model), full_check=True
     )
 
 
