@@ -61,7 +61,7 @@ class Batch:
 
     pairs: list[_Pair]
     folded: list[tuple[np.ndarray, np.ndarray]]  # (weight, bias) per pair
-    names: set[str]  # every name in the graph
+    names: list  # sets and dicts that hold every name in the graph between them
 
 
 def prepare(model: onnx.ModelProto, rule_names: set[str], keep, scale_rule: bool
@@ -124,9 +124,10 @@ def _plan(g: onnx.GraphProto, scale_rule: bool):
             if pair is None:
                 return None
             pairs.append(pair)
-    names = written | set(reads) | set(inits) | outputs | graph_inputs
-    names.update(v.name for v in g.value_info)
-    names.update(t.values.name for t in g.sparse_initializer)
+    # Every name in the graph, for new names that clash with none (graph.all_names), as the
+    # sets already made: their union alone took 0.1 s on 20,000 blocks.
+    names = [written, reads, inits, outputs, graph_inputs, {v.name for v in g.value_info},
+             {t.values.name for t in g.sparse_initializer}]
     return pairs, names
 
 
@@ -191,7 +192,8 @@ def _fold(pairs: list[_Pair]) -> list[tuple[np.ndarray, np.ndarray]] | None:
 def apply(model: onnx.ModelProto, batch: Batch) -> list[tuple[str, str, str]]:
     """The rules' edits (see rules/anchor.absorb_anchor), all at once: the folds as (rule,
     removed node's label, producer's label), in node order."""
-    g, names = model.graph, batch.names
+    g, new = model.graph, set()
+    names = [*batch.names, new]
     folds, dropped, renamed = [], [], {}
     for p, (w, b) in zip(batch.pairs, batch.folded):
         out = p.bn.output[0]
@@ -201,10 +203,10 @@ def apply(model: onnx.ModelProto, batch: Batch) -> list[tuple[str, str, str]]:
             set_tensor(p.bias, b, p.bias.name)
         else:
             name, k = f"{out}_bias", 0
-            while name in names:
+            while any(name in n for n in names):
                 k += 1
                 name = f"{out}_bias_{k}"
-            names.add(name)
+            new.add(name)
             set_tensor(g.initializer.add(), b, name)
             if len(p.conv.input) == 3:
                 p.conv.input[2] = name
