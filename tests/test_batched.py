@@ -164,6 +164,13 @@ def _scale_layer():
     return m
 
 
+def _param_shape():
+    m = _two_blocks()
+    v = next(t for t in m.graph.initializer if t.name == "m2")
+    v.CopyFrom(numpy_helper.from_array(np.zeros((3, 1), np.float32), "m2"))
+    return m
+
+
 def _overridable():
     m = _two_blocks()
     m.graph.input.append(helper.make_tensor_value_info("v2", TensorProto.FLOAT, [3]))
@@ -184,11 +191,12 @@ def _bn_in_gemm_chain():
 
 @pytest.mark.parametrize("make", [
     _shared_weight, _shared_param, _conv_output_also_graph_output, _not_finite, _overflow,
-    _identity_between, _scale_layer, _overridable, _training,
+    _identity_between, _scale_layer, _overridable, _training, _param_shape,
     lambda: _two_blocks(dtype=np.float16), lambda: _two_blocks(opset=6),
     lambda: _two_blocks(ir=3), lambda: conv_bn_model(constant_nodes=True),
 ], ids=["shared-weight", "shared-param", "graph-output", "not-finite", "overflow", "identity",
-        "scale-layer", "overridable", "training", "float16", "opset6", "ir3", "constant-nodes"])
+        "scale-layer", "overridable", "training", "param-shape", "float16", "opset6", "ir3",
+        "constant-nodes"])
 def test_anything_else_goes_to_the_rules(make):
     _declined(make)
 
