@@ -528,7 +528,8 @@ def _temp(p: Path) -> tuple[int, Path]:
 
 
 def write_temp(p: Path, data: bytes, sync: bool = True) -> Path:
-    """data in a temp file beside p (fsynced unless sync is False), with the usual file mode."""
+    """data in a temp file beside p, with the usual file mode: fsynced, or with sync=False
+    only on its way to disk (fsync_file it before it is renamed into place)."""
     fd, tmp = _temp(p)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -537,6 +538,8 @@ def write_temp(p: Path, data: bytes, sync: bool = True) -> Path:
             f.flush()
             if sync:
                 os.fsync(f.fileno())
+            else:
+                _start_writeback(f.fileno(), 0, len(data))
         _usual_mode(tmp)
         _test_pause("temp-written")
     except BaseException:
@@ -643,6 +646,29 @@ class StagedSave:
                     os.unlink(p)
 
 
+@dataclass(frozen=True)
+class HeldRef:
+    """The bytes of a tensor a held Spill keeps in memory (see Spill), for write_streamed."""
+
+    array: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.array.nbytes
+
+
+def _as_external(t: TensorProto, array, name: str, where: tuple[str, int, int]) -> None:
+    """t becomes array's tensor named `name`, its bytes elsewhere: (location, offset, length)."""
+    t.Clear()
+    t.dims.extend(array.shape)
+    t.data_type = _DIRECT_BACK[array.dtype]
+    t.name = name
+    t.data_location = EXTERNAL
+    for key, value in zip(_EXTERNAL_KEYS, where):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, str(value)
+
+
 class Spill:
     """Folded values of external tensors, written to a temp file beside the output as the fold
     makes them: a model whose weights are in external data is never all in memory at once.
@@ -651,23 +677,33 @@ class Spill:
     them (a Conv -> BN model, its BN parameters dropped). stage_external then keeps the spill
     file as the output's data file and writes only the other tensors around them; otherwise it
     streams the spilled tensors, like the source's, into a new data file (same layout and bytes
-    either way). close() removes the file unless stage_external took it: call it in any case."""
+    either way). close() removes the file unless stage_external took it: call it in any case.
 
-    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW, to_data: bool = False
-                 ) -> None:
+    held=True (an output with no data file, from a model with none): no file; the values stay
+    in memory as arrays, outside the proto, until write_streamed writes them inline. The model
+    was in memory already, so this holds at most its folded weights more, under the copy that
+    serializing it would make, and saves writing them to disk and reading them back."""
+
+    def __init__(self, target: Path, min_bytes: int = INLINE_BELOW, to_data: bool = False,
+                 held: bool = False) -> None:
         """to_data: the output has a data file, which this file may become (see above)."""
-        with writing(target):
-            self._fd, self.path = _temp(target.with_name(f"{target.name}.spill"))
+        self.held = held
+        if held:
+            self._fd, self.path = -1, target.with_name(f"{target.name}.held")
+        else:
+            with writing(target):
+                self._fd, self.path = _temp(target.with_name(f"{target.name}.spill"))
+        self._open = True
         self.size = 0
         self.min_bytes = min_bytes
         self.to_data = to_data
-        self._refs: dict[int, tuple[TensorProto, ExternalRef]] = {}
+        self._refs: dict[int, tuple[TensorProto, ExternalRef | HeldRef]] = {}
         self._regions: list[tuple[int, int]] = []  # (offset, length) of every put, in order
 
     def takes(self, t: TensorProto, array) -> bool:
         """Does a new value for t go here? Tensors a data file (or the streamed write) takes,
         of the dtypes written directly."""
-        return (array.nbytes >= self.min_bytes and self._fd >= 0 and _LITTLE
+        return (array.nbytes >= self.min_bytes and self._open and _LITTLE
                 and array.dtype in _DIRECT_BACK)
 
     def put(self, t: TensorProto, array, name: str) -> None:
@@ -675,6 +711,11 @@ class Spill:
         bytes never enter the proto: protobuf keeps whatever a message was given until the
         whole model is freed (setting and clearing raw_data would cost their size)."""
         array = np.ascontiguousarray(array)
+        if self.held:
+            _as_external(t, array, name, (self.path.name, 0, array.nbytes))
+            self.size += array.nbytes
+            self._refs[id(t)] = (t, HeldRef(array))
+            return
         data = memoryview(array).cast("B")
         flat = array.reshape(-1).view(np.uint8)
         offset = -(-self.size // ALIGN) * ALIGN
@@ -687,25 +728,21 @@ class Spill:
                     _pwrite_all(self._fd, data[k:k + _CHUNK], offset + k)
             if self.to_data:
                 _start_writeback(self._fd, offset, len(data))
-        t.Clear()
-        t.dims.extend(array.shape)
-        t.data_type = _DIRECT_BACK[array.dtype]
-        t.name = name
-        t.data_location = EXTERNAL
-        for key, value in zip(_EXTERNAL_KEYS, (self.path.name, offset, len(data))):
-            entry = t.external_data.add()
-            entry.key, entry.value = key, str(value)
+        _as_external(t, array, name, (self.path.name, offset, len(data)))
         self.size = offset + len(data)
         self._refs[id(t)] = (t, ExternalRef(self.path, offset, len(data)))
         self._regions.append((offset, len(data)))
 
-    def ref(self, t: TensorProto) -> ExternalRef | None:
+    def ref(self, t: TensorProto) -> ExternalRef | HeldRef | None:
         got = self._refs.get(id(t))
         return got[1] if got is not None and got[0] is t else None
 
     def read(self, t: TensorProto):
         """The value put() gave t."""
-        return np.frombuffer(_read(self.ref(t)), _DIRECT[t.data_type]).reshape(tuple(t.dims))
+        ref = self.ref(t)
+        if isinstance(ref, HeldRef):
+            return ref.array
+        return np.frombuffer(_read(ref), _DIRECT[t.data_type]).reshape(tuple(t.dims))
 
     def give_up(self, live: set[tuple[int, int]], size: int) -> tuple[int, Path]:
         """The spill file (fd, path), now the caller's to close and remove, as the start of a
@@ -720,6 +757,8 @@ class Spill:
         return fd, self.path
 
     def close(self) -> None:
+        self._open = False
+        self._refs.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -905,10 +944,20 @@ def _seek(fd: int, at: int, whence: str, fallback: int) -> int:
 # --- an inline model written with its big tensors streamed from files ------------------------
 
 
-def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
+def fsync_file(path: Path) -> None:
+    """Wait until path's bytes are on disk (before a rename puts it in place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_streamed(model: onnx.ModelProto, target: Path, refs, sync: bool = True) -> Path:
     """model_bytes(model) with every main-graph initializer that refs(t) gives an ExternalRef
     for written inline from that file, into a temp file beside target (as write_temp): the same
     bytes as inlining them first and serializing, without the model's weights in memory twice.
+    sync=False: not fsynced, only on its way to disk (as write_temp).
 
     The proto is serialized as it is (those tensors as small external references) and their
     entries are spliced: protobuf writes fields in field-number order, so an initializer's
@@ -935,7 +984,7 @@ def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
                    high]
         at = end
     pieces.append(graph[at:])
-    g_len = sum(p.length if isinstance(p, ExternalRef) else len(p) for p in pieces)
+    g_len = sum(p.length if isinstance(p, ExternalRef | HeldRef) else len(p) for p in pieces)
     pieces = [body[:g_start], _tag_len(7, g_len), *pieces, body[g_end:]]
     fd, tmp = _temp(target)
     try:
@@ -945,11 +994,16 @@ def write_streamed(model: onnx.ModelProto, target: Path, refs) -> Path:
                 _copy(p, fd, pos)
                 _start_writeback(fd, pos, p.length)
                 pos += p.length
+            elif isinstance(p, HeldRef):
+                _pwrite_all(fd, memoryview(p.array).cast("B"), pos)
+                _start_writeback(fd, pos, p.length)
+                pos += p.length
             else:
                 _pwrite_all(fd, p, pos)
                 pos += len(p)
         os.ftruncate(fd, pos)  # a trailing run of zeros was skipped, not written
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
         os.close(fd)
         fd = -1
         _usual_mode(tmp)

@@ -207,3 +207,40 @@ def test_a_folded_model_the_checker_refuses_is_not_written(tmp_path, monkeypatch
     assert got.error.startswith("the folded model fails onnx.checker (a bug in onnxfold): ")
     assert "input size 4" in got.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_inline_output_holds_its_folded_weights_and_is_fsynced_before_the_rename(
+        tmp_path, monkeypatch):
+    """From a single-file model to a single file: big folded weights are held in memory (no
+    spill file written and read back), and the output is fsynced just before it is renamed
+    into place (its bytes went to disk while the checker ran)."""
+    import os
+    from pathlib import Path
+
+    from onnxfold.fold import pipeline
+    from onnxfold.modelio import save_model
+
+    src, out = tmp_path / "m.onnx", tmp_path / "f.onnx"
+    save_model(_big_conv_model(), src)
+    temps, events = [], []
+    real_temp, real_fsync, real_replace = modelio._temp, pipeline.fsync_file, os.replace
+
+    def temp(p):
+        temps.append(p.name)
+        return real_temp(p)
+
+    def fsync(p):
+        events.append(("fsync", Path(p).name))
+        real_fsync(p)
+
+    def replace(a, b):
+        events.append(("replace", Path(a).name))
+        real_replace(a, b)
+
+    monkeypatch.setattr(modelio, "_temp", temp)
+    monkeypatch.setattr(pipeline, "fsync_file", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert fuse_file(src, out, check=False).exit_code == 0
+    assert temps == ["f.onnx"]  # the output's temp only
+    assert len(events) == 2 and events[0][0] == "fsync" and events[1] == ("replace",
+                                                                           events[0][1])
