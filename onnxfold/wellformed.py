@@ -211,7 +211,7 @@ def _check_nodes(nodes: list[onnx.NodeProto], scopes: list[set[str]], outputs: s
     for i, (n, names) in enumerate(zip(nodes, outs)):
         nested = _check_node(n, imports, functions, file, where)
         for name in n.input:
-            if name not in local and name and not any(name in names for names in outer):
+            if name not in local and name and not any(name in scope for scope in outer):
                 raise _unordered(nodes, writer, i, name, file, where)
         if nested:  # other nodes' attributes were checked against their schema: no graphs
             for attr, sg in subgraphs(n):
